@@ -1,0 +1,12 @@
+"""vitpe: one Vision Transformer trunk with swappable positional encodings, registered with timm.
+
+``import vitpe`` registers every ``vitpe_*`` model with timm."""
+from .pe import Grid, PosContext, PositionalEncoding, create_pos_encoding, list_pos_encodings, scheme_options
+from .models import VisionTransformer, ZOO, checkpoint_filter_fn
+
+__version__ = '0.1.0'
+
+
+def list_models():
+    """Names of every vitpe model registered with timm."""
+    return sorted(ZOO)

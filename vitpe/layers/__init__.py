@@ -1,0 +1,3 @@
+from .attention import Attention
+from .block import Block
+from .patch_embed import PatchEmbed

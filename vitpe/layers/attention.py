@@ -1,0 +1,58 @@
+"""The one multi-head self-attention of vitpe: qkv -> scheme hooks -> SDPA -> scheme value hook."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..pe.base import PosContext
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with the positional scheme's hooks (see ``vitpe.pe.base``).
+
+    Goes through ``F.scaled_dot_product_attention``; a bias is passed as ``attn_mask`` only when the
+    scheme returns one, so schemes without a bias keep SDPA's fused kernels. When the scheme needs the
+    attention probabilities (iRPE on values), they are computed explicitly.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_norm: bool = False,
+                 attn_drop: float = 0., proj_drop: float = 0., norm_layer=nn.LayerNorm):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.q_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, ctx: PosContext, layer: int) -> torch.Tensor:
+        pe = ctx.pe
+        if pe.uses('attn_input'):
+            x = pe.attn_input(x, ctx, layer)
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if pe.uses('qk'):
+            q, k = pe.qk(q, k, ctx, layer)
+        bias = pe.bias(q, k, ctx, layer) if pe.uses('bias') else None
+        scale = self.scale * ctx.logit_scale
+        if bias is not None and ctx.logit_scale != 1.0:
+            bias = bias * ctx.logit_scale
+        attn = None
+        if pe.needs_attn_probs:
+            logits = (q * scale) @ k.transpose(-2, -1)
+            if bias is not None:
+                logits = logits + bias
+            attn = self.attn_drop(logits.softmax(dim=-1))
+            out = attn @ v
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0., scale=scale)
+        if pe.uses('value'):
+            out = pe.value(out, v, attn, ctx, layer)
+        out = out.transpose(1, 2).reshape(b, n, c)
+        return self.proj_drop(self.proj(out))

@@ -1,0 +1,61 @@
+"""Non-overlapping patch (2D) or tubelet (3D) embedding that checks its input and reports the grid."""
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import torch
+from torch import nn
+
+
+def to_tuple(value, rank: int, name: str) -> Tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * rank
+    value = tuple(int(v) for v in value)
+    if len(value) != rank:
+        raise ValueError(f"{name}={value} has {len(value)} entries, expected {rank}")
+    return value
+
+
+class PatchEmbed(nn.Module):
+    """Conv with kernel = stride = patch size. ``patch_size`` of rank 2 takes images (B, C, H, W),
+    rank 3 takes video (B, C, T, H, W). Any input size the patch divides works at run time."""
+
+    def __init__(self, img_size: Sequence[int], patch_size: Sequence[int], in_chans: int, embed_dim: int,
+                 bias: bool = True):
+        super().__init__()
+        self.patch_size = tuple(patch_size)
+        self.rank = len(self.patch_size)
+        self.in_chans = in_chans
+        conv = {2: nn.Conv2d, 3: nn.Conv3d}.get(self.rank)
+        if conv is None:
+            raise ValueError(f"patch_size={patch_size} must have 2 (image) or 3 (video) entries")
+        self.proj = conv(in_chans, embed_dim, self.patch_size, self.patch_size, bias=bias)
+        self.set_input_size(img_size)
+
+    def set_input_size(self, img_size: Sequence[int]) -> None:
+        self.img_size = tuple(img_size)
+        self.grid_size = self.grid_for(self.img_size)
+        self.num_patches = 1
+        for g in self.grid_size:
+            self.num_patches *= g
+
+    def grid_for(self, size: Sequence[int]) -> Tuple[int, ...]:
+        size = tuple(int(s) for s in size)
+        if len(size) != self.rank:
+            kind = 'image (H, W)' if self.rank == 2 else 'video (T, H, W)'
+            raise ValueError(f"input size {size} has {len(size)} spatial axes, this model takes {kind}")
+        bad = [(s, p) for s, p in zip(size, self.patch_size) if s % p or s <= 0]
+        if bad:
+            raise ValueError(f"input size {size} is not divisible by the patch size {self.patch_size}: "
+                             f"every axis must be a positive multiple of its patch size")
+        return tuple(s // p for s, p in zip(size, self.patch_size))
+
+    def forward(self, x: torch.Tensor):
+        """(B, C, *size) -> tokens (B, N, D) and the grid."""
+        if x.ndim != self.rank + 2:
+            want = '(B, C, H, W)' if self.rank == 2 else '(B, C, T, H, W)'
+            raise ValueError(f"expected input of shape {want}, got a tensor of shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]} (input {tuple(x.shape)})")
+        grid = self.grid_for(x.shape[2:])
+        return self.proj(x).flatten(2).transpose(1, 2), grid

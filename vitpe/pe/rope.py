@@ -1,0 +1,139 @@
+"""Rotary position embeddings for vision (Heo et al., "Rotary Position Embedding for Vision
+Transformer", ECCV 2024; naver-ai/rope-vit, timm eva ``vit_*_patch16_rope*``).
+
+Queries and keys of patch tokens are rotated pairwise by angles that depend on the token's
+coordinates; prefix tokens are left alone. Angles are recomputed for every grid, so any size works.
+
+Training-free resolution strategies (used by the resolution sweep, off by default):
+``position_interpolation`` scales the coordinates by reference/test grid; ``ntk_scale`` multiplies
+the frequency base theta by s^(d'/(d'-2)) (NTK-aware scaling); ``yarn_scale`` interpolates only the
+low frequencies whose period exceeds the reference grid, with a linear ramp (YaRN, Peng et al. 2023).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .absolute import LearnedTable
+from .base import PosContext, PositionalEncoding, check_positive, register_pos_encoding
+from .functional import (coord_grid, rope_axial_angles, rope_axial_freqs, rope_mixed_angles, rope_mixed_init,
+                         rotate_pairs)
+
+
+class _RoPEBase(PositionalEncoding):
+    """Shared: the optional APE (RoPE + APE variants), the rotation of patch tokens, the strategies."""
+
+    def __init__(self, *, theta: float, ape: bool, **common):
+        super().__init__(**common)
+        check_positive(self.name, 'theta', theta)
+        if not isinstance(ape, bool):
+            raise ValueError(f"{self.name}: invalid ape={ape!r}; expected True or False")
+        self.theta = float(theta)
+        # RoPE + APE (RoPE-ViT): a learned table on patch tokens only, as timm's ``no_embed_class``
+        self.table = LearnedTable(self.grid_size, self.dim) if ape else None
+        if not ape:
+            self._hooks_used = self._hooks_used - {'tokens'}
+        self.position_interpolation = False
+        self.ntk_scale: Optional[float] = None
+        self.yarn_scale: Optional[float] = None
+
+    def coords(self, grid) -> torch.Tensor:
+        scale = None
+        if self.position_interpolation:
+            scale = tuple(r / s for r, s in zip(self.grid_size, grid.shape))
+        return self.cached(('coords', grid.shape, scale),
+                           lambda: coord_grid(grid.shape, device=self.scheme.device, scale=scale))
+
+    def tokens(self, x, ctx):
+        return x if self.table is None else self.table.add(self, x, ctx.grid)
+
+    def rotate(self, q, k, cos, sin, num_prefix):
+        p = num_prefix
+        if p:
+            q = torch.cat([q[:, :, :p], rotate_pairs(q[:, :, p:], cos, sin)], dim=2)
+            k = torch.cat([k[:, :, :p], rotate_pairs(k[:, :, p:], cos, sin)], dim=2)
+            return q, k
+        return rotate_pairs(q, cos, sin), rotate_pairs(k, cos, sin)
+
+    def scale_freqs(self, freqs: torch.Tensor, grid) -> torch.Tensor:
+        """Apply the NTK or YaRN strategy to per-pair frequencies (any shape, last axis = pairs per axis)."""
+        if self.ntk_scale:
+            d = freqs.shape[-1] * 2  # channels per axis
+            # theta' = theta * s^(d/(d-2)) multiplies frequency k of n by s^(-k/n * d/(d-2))
+            n = freqs.shape[-1]
+            k = torch.arange(n, device=freqs.device, dtype=torch.float32) / n
+            freqs = freqs * self.ntk_scale ** (-k * d / max(d - 2, 1))
+        if self.yarn_scale:
+            # wavelength in patches vs the reference grid: ramp from interpolate (long) to keep (short)
+            ref = max(self.grid_size)
+            wavelength = 2 * math.pi / freqs.abs().clamp(min=1e-12)
+            ratio = ref / wavelength  # rotations over the reference grid
+            ramp = ((ratio - 1.) / (32. - 1.)).clamp(0, 1)  # beta_fast=32, beta_slow=1 (YaRN defaults)
+            freqs = freqs * (ramp + (1 - ramp) / self.yarn_scale)
+        return freqs
+
+
+@register_pos_encoding
+class RoPEAxial(_RoPEBase):
+    """Axial RoPE (RoPE-ViT Eq. 10): frequencies theta_k = 1/theta^(k/n), n = head_dim/(2 rank) per axis;
+    one group of channel pairs rotates by c*theta_k, the next by r*theta_k (and t*theta_k in 3D).
+
+    Options: theta (100, the paper's base), ape (also add a learned APE, RoPE-ViT's ``rope_ape``).
+    """
+    name = 'rope_axial'
+
+    def __init__(self, *, theta: float = 100., ape: bool = False, **common):
+        super().__init__(theta=theta, ape=ape, **common)
+        self.register_buffer('freqs', rope_axial_freqs(self.head_dim, self.rank, self.theta), persistent=False)
+
+    def _apply(self, fn, *args, **kwargs):
+        module = super()._apply(fn, *args, **kwargs)
+        if self.freqs.dtype != torch.float32:  # keep the frequencies in float32 under .half() / .bfloat16()
+            self.freqs = rope_axial_freqs(self.head_dim, self.rank, self.theta).to(self.freqs.device)
+        return module
+
+    def prepare(self, grid):
+        self.check_grid(grid)
+        key = ('cos_sin', grid.shape, self.position_interpolation, self.ntk_scale, self.yarn_scale)
+
+        def build():
+            ang = rope_axial_angles(self.coords(grid), self.scale_freqs(self.freqs, grid))
+            return ang.cos(), ang.sin()
+        cos, sin = self.cached(key, build)
+        return {'cos': cos, 'sin': sin}
+
+    def qk(self, q, k, ctx: PosContext, layer: int):
+        return self.rotate(q, k, ctx.state['cos'], ctx.state['sin'], ctx.grid.num_prefix)
+
+
+@register_pos_encoding
+class RoPEMixed(_RoPEBase):
+    """Mixed RoPE (RoPE-ViT Eq. 11-12): learned frequencies per layer and head; the angle of a channel
+    pair is c*f_x + r*f_y (+ t*f_t). ``freqs`` has shape (rank, depth, heads, head_dim/2), initialised
+    with magnitudes 1/theta^(4k/d) along random orthogonal directions.
+
+    Options: theta (10, the paper's base), ape (also add a learned APE), per_layer (frequencies per
+    layer, True; False shares one set over all layers).
+    """
+    name = 'rope_mixed'
+
+    def __init__(self, *, theta: float = 10., ape: bool = False, per_layer: bool = True, **common):
+        super().__init__(theta=theta, ape=ape, **common)
+        self.per_layer = per_layer
+        freqs = rope_mixed_init(self.head_dim, self.depth if per_layer else 1, self.num_heads, self.rank, self.theta)
+        self.freqs = nn.Parameter(freqs)
+
+    def no_weight_decay(self):
+        return {'freqs'}
+
+    def prepare(self, grid):
+        self.check_grid(grid)
+        ang = rope_mixed_angles(self.coords(grid), self.scale_freqs(self.freqs, grid))  # (depth, heads, N, P)
+        return {'cos': ang.cos(), 'sin': ang.sin()}
+
+    def qk(self, q, k, ctx, layer):
+        i = layer if self.per_layer else 0
+        return self.rotate(q, k, ctx.state['cos'][i], ctx.state['sin'][i], ctx.grid.num_prefix)
