@@ -94,7 +94,7 @@ class VisionTransformer(nn.Module):
             num_prefix_tokens=self.num_prefix_tokens, **(pos_enc_args or {}))
         self.pos_drop = nn.Dropout(pos_drop_rate)
         self.norm_pre = norm_layer(embed_dim) if pre_norm else nn.Identity()
-        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth decay rule
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, layer=i, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_norm=qk_norm,
                   init_values=init_values, attn_drop=attn_drop_rate, proj_drop=proj_drop_rate, drop_path=dpr[i],

@@ -157,14 +157,15 @@ class AbsWinPE(PositionalEncoding):
             raise ValueError(f"abswin: invalid {option}={value!r}; expected {self.rank} positive integers")
         return value
 
-    def table(self, shape) -> torch.Tensor:
+    def embedding(self, shape) -> torch.Tensor:
+        """(1, prod(shape), D): global part resampled plus window part tiled."""
         win = self.pos_embed_window
         reps = [math.ceil(s / w) for s, w in zip(shape, win.shape[1:-1])]
         tiled = win.repeat(1, *reps, 1)[(slice(None),) + tuple(slice(0, s) for s in shape)]
         return (cached_resample(self, self.pos_embed, shape, 'bicubic') + tiled).flatten(1, -2)
 
     def tokens(self, x, ctx):
-        return add_to_patches(x, self.table(ctx.grid.shape), ctx.grid.num_prefix)
+        return add_to_patches(x, self.embedding(ctx.grid.shape), ctx.grid.num_prefix)
 
     def resize_state_dict(self, state_dict, prefix):
         key = prefix + 'pos_embed'
