@@ -93,3 +93,17 @@ def test_registers_and_avg_pool():
     _, feats = m.forward_intermediates(torch.randn(1, 3, 96, 64), indices=1, return_prefix_tokens=True)
     spatial, prefix = feats[0]
     assert spatial.shape == (1, 192, 6, 4) and prefix.shape == (1, 5, 192)
+
+
+@pytest.mark.parametrize('scheme', vitpe.list_pos_encodings())
+def test_video_trunk_every_scheme(scheme):
+    """The same trunk and schemes over (T, H, W): the grid is a run-time value of any rank."""
+    m = vitpe.VisionTransformer(img_size=(4, 64, 64), patch_size=(2, 16, 16), embed_dim=96, depth=2, num_heads=2,
+                                num_classes=3, pos_enc=scheme)
+    x = torch.randn(2, 3, 6, 48, 80)
+    out = m(x)
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+    feats = m.forward_intermediates(x, indices=1, intermediates_only=True)
+    assert feats[0].shape == (2, 96, 3, 3, 5)
+    m.forward_features(x).square().mean().backward()
+    assert all(p.grad is not None for p in m.pos_enc.parameters())
