@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import signal
 import time
 from typing import Any, Dict, List, Optional
 
@@ -38,6 +39,9 @@ from timm.utils import ModelEmaV3
 from .data import build_dataset, collate_skip_none
 
 CHECKPOINT_FORMAT = 'vitpe-train-1'
+# fault injection, used by the tests only: a NaN loss at this update, a SIGKILL after this epoch
+_FAULT_NAN_AT_UPDATE = int(os.environ.get('VITPE_FAULT_NAN_AT_UPDATE', '0'))
+_FAULT_KILL_AFTER_EPOCH = int(os.environ.get('VITPE_FAULT_KILL_AFTER_EPOCH', '0'))
 
 
 class TrainingError(RuntimeError):
@@ -288,7 +292,7 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
         set_rng_state(resume_ckpt['rng'][rank] if rank < len(resume_ckpt['rng']) else resume_ckpt['rng'][0])
     logger = Logger(args.output, resume=resume_ckpt is not None) if main_proc else None
     if logger is not None and resume_ckpt is not None:
-        logger.truncate(resume_ckpt['epoch'])
+        logger.truncate(resume_ckpt['epoch'] + 1)  # rows are numbered from 1
 
     summary = {}
     for epoch in range(start_epoch, args.epochs):
@@ -308,6 +312,8 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
                 x, y = mixup(x, y)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
                 loss = criterion(model(x), y)
+            if _FAULT_NAN_AT_UPDATE == num_updates + 1:  # fault injection for the tests
+                loss = loss * float('nan')
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} (update "
                                     f"{num_updates + 1}); stopping. The last good checkpoint is kept in "
@@ -359,6 +365,8 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
             if is_best:
                 atomic_save(ckpt, os.path.join(args.output, 'best.pth'))
             logger.write(row)
+            if _FAULT_KILL_AFTER_EPOCH == epoch + 1:  # fault injection for the tests: die like a kill -9
+                os.kill(os.getpid(), signal.SIGKILL)
             if not args.quiet:
                 tqdm.write(f"epoch {epoch + 1}/{args.epochs}: train_loss {row['train_loss']:.4f} "
                            f"val_acc {row['val_acc']:.4f} ({row['epoch_time_s']:.1f}s)")

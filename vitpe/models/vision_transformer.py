@@ -195,7 +195,8 @@ class VisionTransformer(nn.Module):
         if prefix:
             x = torch.cat(prefix + [x], dim=1)
         pe = self.pos_enc
-        ctx = PosContext(pe, grid, pe.prepare(grid), logit_scale=self._logit_scale(grid))
+        state = pe.prepare(grid)
+        ctx = PosContext(pe, grid, state, logit_scale=self._logit_scale(grid) * state.get('logit_scale', 1.0))
         if pe.uses('tokens'):
             x = pe.tokens(x, ctx)
         return self.norm_pre(self.pos_drop(x)), ctx

@@ -102,6 +102,7 @@ class SinCosPE(PositionalEncoding):
     Options: temperature (10000).
     """
     name = 'sincos'
+    strategies = ('pi',)
 
     def __init__(self, *, temperature: float = 10000., **common):
         super().__init__(**common)
@@ -121,7 +122,7 @@ class SinCosPE(PositionalEncoding):
 
 def grid_scale(pe: PositionalEncoding, grid) -> Optional[tuple]:
     """Per-axis coordinate scale of the position-interpolation strategy, or None (as trained)."""
-    if getattr(pe, 'position_interpolation', False):
+    if pe.resolution_strategy == 'pi':
         return tuple(r / s for r, s in zip(pe.grid_size, grid.shape))
     return None
 
@@ -144,6 +145,7 @@ class AbsWinPE(PositionalEncoding):
         super().__init__(**common)
         window_size = self._size_option('window_size', window_size, tuple(min(7, s) for s in self.grid_size))
         global_size = self._size_option('global_size', global_size, self.grid_size)
+        self.interpolation = 'bicubic'
         self.pos_embed = nn.Parameter(torch.zeros(1, *global_size, self.dim))
         self.pos_embed_window = nn.Parameter(torch.zeros(1, *window_size, self.dim))
         trunc_normal_(self.pos_embed, std=.02)
@@ -162,7 +164,7 @@ class AbsWinPE(PositionalEncoding):
         win = self.pos_embed_window
         reps = [math.ceil(s / w) for s, w in zip(shape, win.shape[1:-1])]
         tiled = win.repeat(1, *reps, 1)[(slice(None),) + tuple(slice(0, s) for s in shape)]
-        return (cached_resample(self, self.pos_embed, shape, 'bicubic') + tiled).flatten(1, -2)
+        return (cached_resample(self, self.pos_embed, shape, self.interpolation) + tiled).flatten(1, -2)
 
     def tokens(self, x, ctx):
         return add_to_patches(x, self.embedding(ctx.grid.shape), ctx.grid.num_prefix)
@@ -186,6 +188,7 @@ class FourierPE(PositionalEncoding):
     Options: num_features F (64), hidden_dim (32), gamma (1.0), groups (1).
     """
     name = 'fourier'
+    strategies = ('pi',)
 
     def __init__(self, *, num_features: int = 64, hidden_dim: int = 32, gamma: float = 1.0, groups: int = 1,
                  **common):

@@ -106,6 +106,9 @@ class PositionalEncoding(nn.Module):
     """
     name: ClassVar[str] = ''
     needs_attn_probs: bool = False
+    # training-free strategies at another resolution this scheme understands (besides 'none')
+    strategies: ClassVar[Tuple[str, ...]] = ()
+    resolution_strategy: str = 'none'
     # a persistent uint8 buffer holding ``name``: a checkpoint of another scheme is refused by name
     scheme: torch.Tensor
 

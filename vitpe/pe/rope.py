@@ -4,10 +4,10 @@ Transformer", ECCV 2024; naver-ai/rope-vit, timm eva ``vit_*_patch16_rope*``).
 Queries and keys of patch tokens are rotated pairwise by angles that depend on the token's
 coordinates; prefix tokens are left alone. Angles are recomputed for every grid, so any size works.
 
-Training-free resolution strategies (used by the resolution sweep, off by default):
-``position_interpolation`` scales the coordinates by reference/test grid; ``ntk_scale`` multiplies
-the frequency base theta by s^(d'/(d'-2)) (NTK-aware scaling); ``yarn_scale`` interpolates only the
-low frequencies whose period exceeds the reference grid, with a linear ramp (YaRN, Peng et al. 2023).
+Training-free resolution strategies (``resolution_strategy``, set by ``vitpe.eval.apply_strategy``):
+'pi' scales the coordinates by reference/test grid (position interpolation, Chen et al. 2023); 'ntk'
+raises the frequency base theta by s^(d/(d-2)) (NTK-aware scaling); 'yarn' interpolates only the
+frequencies that turn less than once over the reference grid, with a ramp (YaRN, Peng et al. 2023).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .absolute import LearnedTable
+from .absolute import LearnedTable, grid_scale
 from .base import PosContext, PositionalEncoding, check_positive, register_pos_encoding
 from .functional import (coord_grid, rope_axial_angles, rope_axial_freqs, rope_mixed_angles, rope_mixed_init,
                          rotate_pairs)
@@ -25,6 +25,7 @@ from .functional import (coord_grid, rope_axial_angles, rope_axial_freqs, rope_m
 
 class _RoPEBase(PositionalEncoding):
     """Shared: the optional APE (RoPE + APE variants), the rotation of patch tokens, the strategies."""
+    strategies = ('pi', 'ntk', 'yarn')
 
     def __init__(self, *, theta: float, ape: bool, **common):
         super().__init__(**common)
@@ -36,14 +37,9 @@ class _RoPEBase(PositionalEncoding):
         self.table = LearnedTable(self.grid_size, self.dim) if ape else None
         if not ape:
             self._hooks_used = self._hooks_used - {'tokens'}
-        self.position_interpolation = False
-        self.ntk_scale: Optional[float] = None
-        self.yarn_scale: Optional[float] = None
 
     def coords(self, grid) -> torch.Tensor:
-        scale = None
-        if self.position_interpolation:
-            scale = tuple(r / s for r, s in zip(self.grid_size, grid.shape))
+        scale = grid_scale(self, grid)
         return self.cached(('coords', grid.shape, scale),
                            lambda: coord_grid(grid.shape, device=self.scheme.device, scale=scale))
 
@@ -58,22 +54,34 @@ class _RoPEBase(PositionalEncoding):
             return q, k
         return rotate_pairs(q, cos, sin), rotate_pairs(k, cos, sin)
 
+    def extension(self, grid) -> float:
+        """How much larger than the reference grid the test grid is (largest axis ratio, at least 1)."""
+        return max([1.0] + [g / r for g, r in zip(grid.shape, self.grid_size)])
+
     def scale_freqs(self, freqs: torch.Tensor, grid) -> torch.Tensor:
-        """Apply the NTK or YaRN strategy to per-pair frequencies (any shape, last axis = pairs per axis)."""
-        if self.ntk_scale:
-            d = freqs.shape[-1] * 2  # channels per axis
-            # theta' = theta * s^(d/(d-2)) multiplies frequency k of n by s^(-k/n * d/(d-2))
-            n = freqs.shape[-1]
-            k = torch.arange(n, device=freqs.device, dtype=torch.float32) / n
-            freqs = freqs * self.ntk_scale ** (-k * d / max(d - 2, 1))
-        if self.yarn_scale:
-            # wavelength in patches vs the reference grid: ramp from interpolate (long) to keep (short)
-            ref = max(self.grid_size)
-            wavelength = 2 * math.pi / freqs.abs().clamp(min=1e-12)
-            ratio = ref / wavelength  # rotations over the reference grid
-            ramp = ((ratio - 1.) / (32. - 1.)).clamp(0, 1)  # beta_fast=32, beta_slow=1 (YaRN defaults)
-            freqs = freqs * (ramp + (1 - ramp) / self.yarn_scale)
-        return freqs
+        """Apply the NTK or YaRN strategy to frequencies (any shape) for a grid ``s`` times the reference.
+
+        NTK-aware: theta' = theta * s^(d/(d-2)) (d channels per axis), i.e. a frequency theta^-e is
+        multiplied by s^(-e d/(d-2)), with e = -log|f| / log(theta) (e = k/n for the axial ladder).
+        YaRN: r = rotations a frequency makes over the reference grid; frequencies with r < 1 are
+        interpolated (divided by s), those with r > 4 kept, a linear ramp in between (Peng et al. 2023,
+        Eq. 17-18, with ramp bounds for grids of tens of tokens instead of thousands)."""
+        s = self.extension(grid)
+        if s <= 1.0 or self.resolution_strategy not in ('ntk', 'yarn'):
+            return freqs
+        mag = freqs.abs().float().clamp(min=1e-12)
+        if self.resolution_strategy == 'ntk':
+            d = 2 * (self.head_dim // (2 * self.rank))
+            e = (-mag.log() / math.log(self.theta)).clamp(0, 1)
+            return freqs * s ** (-e * d / max(d - 2, 1))
+        rotations = max(self.grid_size) * mag / (2 * math.pi)
+        keep = ((rotations - 1.0) / (4.0 - 1.0)).clamp(0, 1)
+        return freqs * (keep + (1 - keep) / s)
+
+    def state_logit_scale(self, grid) -> float:
+        """YaRN's attention temperature: logits times (0.1 ln s + 1)^2."""
+        s = self.extension(grid)
+        return (0.1 * math.log(s) + 1) ** 2 if self.resolution_strategy == 'yarn' and s > 1 else 1.0
 
 
 @register_pos_encoding
@@ -97,13 +105,13 @@ class RoPEAxial(_RoPEBase):
 
     def prepare(self, grid):
         self.check_grid(grid)
-        key = ('cos_sin', grid.shape, self.position_interpolation, self.ntk_scale, self.yarn_scale)
+        key = ('cos_sin', grid.shape, self.resolution_strategy)
 
         def build():
             ang = rope_axial_angles(self.coords(grid), self.scale_freqs(self.freqs, grid))
             return ang.cos(), ang.sin()
         cos, sin = self.cached(key, build)
-        return {'cos': cos, 'sin': sin}
+        return {'cos': cos, 'sin': sin, 'logit_scale': self.state_logit_scale(grid)}
 
     def qk(self, q, k, ctx: PosContext, layer: int):
         return self.rotate(q, k, ctx.state['cos'], ctx.state['sin'], ctx.grid.num_prefix)
@@ -132,7 +140,7 @@ class RoPEMixed(_RoPEBase):
     def prepare(self, grid):
         self.check_grid(grid)
         ang = rope_mixed_angles(self.coords(grid), self.scale_freqs(self.freqs, grid))  # (depth, heads, N, P)
-        return {'cos': ang.cos(), 'sin': ang.sin()}
+        return {'cos': ang.cos(), 'sin': ang.sin(), 'logit_scale': self.state_logit_scale(grid)}
 
     def qk(self, q, k, ctx, layer):
         i = layer if self.per_layer else 0

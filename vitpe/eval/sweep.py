@@ -1,0 +1,199 @@
+"""The resolution sweep as a library: checkpoints x resolutions x strategies in, records out; records
+in, a markdown table, a CSV and a plot out. ``tools/eval_resolution.py`` is a thin wrapper."""
+from __future__ import annotations
+
+import csv
+import os
+import resource
+import time
+from dataclasses import asdict, dataclass
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..data import build_dataset
+from .strategies import applicable_strategies, apply_strategy
+
+
+@dataclass
+class Record:
+    checkpoint: str
+    label: str
+    model: str
+    scheme: str
+    train_res: int
+    res: int
+    strategy: str
+    acc: float
+    loss: float
+    n: int
+    imgs_per_s: float
+    peak_mem_mb: float
+    device: str
+
+
+def load_model(path: str, device: torch.device = torch.device('cpu')):
+    """The model of a vitpe training checkpoint, built at its training resolution, in eval mode."""
+    from ..training import create_model, load_checkpoint
+    ckpt = load_checkpoint(path)
+    model = create_model(ckpt['model_name'], ckpt['num_classes'], ckpt['img_size'], ckpt['model_kwargs'])
+    model.load_state_dict(ckpt['model'])
+    return model.to(device).eval(), ckpt
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: peak allocated since the last reset. CPU: the process's peak resident set (monotone)."""
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def check_resolutions(model, resolutions: Sequence[int]) -> None:
+    patch = model.patch_embed.patch_size
+    bad = [r for r in resolutions if any(r % p or r <= 0 for p in patch)]
+    if bad:
+        raise ValueError(f"resolutions {bad} are not divisible by the model's patch size {patch}")
+
+
+@torch.no_grad()
+def evaluate_tensors(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                     device: torch.device) -> Dict[str, float]:
+    correct, loss, n = 0, 0.0, 0
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for i in range(0, len(images), batch_size):
+        x, y = images[i:i + batch_size].to(device), labels[i:i + batch_size].to(device)
+        out = model(x).float()
+        loss += F.cross_entropy(out, y, reduction='sum').item()
+        correct += (out.argmax(-1) == y).sum().item()
+        n += len(y)
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    return {'acc': correct / max(n, 1), 'loss': loss / max(n, 1), 'n': n, 'imgs_per_s': n / elapsed,
+            'peak_mem_mb': peak_memory_mb(device)}
+
+
+def materialize(dataset) -> tuple:
+    """All samples of a dataset as two tensors (rendering / decoding is not timed)."""
+    xs, ys = [], []
+    for item in dataset:
+        if item is None:
+            continue
+        xs.append(item[0])
+        ys.append(item[1])
+    if not xs:
+        raise ValueError("the evaluation set is empty")
+    return torch.stack(xs), torch.tensor(ys)
+
+
+def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Sequence[str] = ('none',),
+          data: Optional[str] = None, samples: int = 512, batch_size: int = 64,
+          device: torch.device = torch.device('cpu'), progress: bool = True,
+          labels: Optional[Sequence[str]] = None) -> List[Record]:
+    """Evaluate every checkpoint at every resolution with no fine-tuning, under every strategy.
+
+    ``strategies`` may contain 'all' (every strategy that applies to the scheme); a named strategy
+    that does not apply to a checkpoint's scheme is skipped for it. The built-in data is the test split
+    (never seen in training or model selection); the same scenes are rendered at every resolution."""
+    resolutions = sorted(int(r) for r in resolutions)
+    models = [load_model(p, device) for p in checkpoints]
+    for model, _ in models:
+        check_resolutions(model, resolutions)
+    cache: Dict[tuple, tuple] = {}
+    jobs = []
+    for i, (path, (model, ckpt)) in enumerate(zip(checkpoints, models)):
+        allowed = applicable_strategies(model)
+        chosen = allowed if 'all' in strategies else [s for s in strategies if s in allowed]
+        jobs += [(i, path, model, ckpt, s, r) for s in chosen for r in resolutions]
+    records = []
+    for i, path, model, ckpt, strategy, res in tqdm(jobs, desc='sweep', disable=not progress):
+        spec = data or ckpt['data']
+        key = (spec, res)
+        if key not in cache:
+            split = 'test' if spec.startswith('synthetic') else 'val'
+            cache[key] = materialize(build_dataset(spec, res, split, samples))
+        images, targets = cache[key]
+        with apply_strategy(model, strategy):
+            m = evaluate_tensors(model, images, targets, batch_size, device)
+        label = labels[i] if labels else os.path.basename(os.path.dirname(os.path.abspath(path)))
+        records.append(Record(checkpoint=path, label=label, model=ckpt['model_name'],
+                              scheme=getattr(model.pos_enc, 'name', '?'), train_res=int(ckpt['img_size']), res=res,
+                              strategy=strategy, acc=m['acc'], loss=m['loss'], n=m['n'],
+                              imgs_per_s=m['imgs_per_s'], peak_mem_mb=m['peak_mem_mb'], device=str(device)))
+    return records
+
+
+def _series(records: Iterable[Record]) -> Dict[tuple, Dict[int, Record]]:
+    out: Dict[tuple, Dict[int, Record]] = {}
+    for r in records:
+        out.setdefault((r.label, r.strategy), {})[r.res] = r
+    return out
+
+
+def to_markdown(records: Sequence[Record]) -> str:
+    """Rows: checkpoint (and strategy when not 'none'); columns: resolutions; cells: accuracy.
+    The training resolution of each row is marked with *."""
+    resolutions = sorted({r.res for r in records})
+    lines = ['| checkpoint | scheme | strategy | train | ' + ' | '.join(str(r) for r in resolutions) + ' |',
+             '|---|---|---|---|' + '---|' * len(resolutions)]
+    for (label, strategy), by_res in _series(records).items():
+        first = next(iter(by_res.values()))
+        cells = []
+        for res in resolutions:
+            rec = by_res.get(res)
+            cells.append('' if rec is None else f"{rec.acc:.3f}{'*' if res == rec.train_res else ''}")
+        lines.append(f'| {label} | {first.scheme} | {strategy} | {first.train_res} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def write_csv(records: Sequence[Record], path: str) -> None:
+    with open(path, 'w', newline='') as f:
+        w = csv.DictWriter(f, fieldnames=list(asdict(records[0])))
+        w.writeheader()
+        for r in records:
+            w.writerow(asdict(r))
+
+
+def plot(records: Sequence[Record], path: str, title: str = 'Accuracy against test resolution') -> None:
+    """Accuracy against resolution, one line per checkpoint (and strategy); the training resolution
+    of each line is marked with a filled marker and a dotted vertical line."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    train_sizes = set()
+    for (label, strategy), by_res in _series(records).items():
+        xs = sorted(by_res)
+        name = label if strategy == 'none' else f'{label} [{strategy}]'
+        line, = ax.plot(xs, [by_res[x].acc for x in xs], marker='o', markersize=3, label=name)
+        tr = next(iter(by_res.values())).train_res
+        train_sizes.add(tr)
+        if tr in by_res:
+            ax.plot([tr], [by_res[tr].acc], marker='o', markersize=8, color=line.get_color())
+    for tr in train_sizes:
+        ax.axvline(tr, color='gray', linestyle=':', linewidth=1)
+        ax.text(tr, ax.get_ylim()[1], ' train', color='gray', va='top', fontsize=8)
+    ax.set_xlabel('test resolution (pixels)')
+    ax.set_ylabel('accuracy')
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc='best')
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_results(records: Sequence[Record], folder: str) -> Dict[str, str]:
+    os.makedirs(folder, exist_ok=True)
+    paths = {'csv': os.path.join(folder, 'results.csv'), 'md': os.path.join(folder, 'results.md'),
+             'png': os.path.join(folder, 'resolution.png')}
+    write_csv(records, paths['csv'])
+    with open(paths['md'], 'w') as f:
+        f.write(to_markdown(records))
+    plot(records, paths['png'])
+    return paths
