@@ -13,6 +13,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
+	$(PY) tools/study.py --config configs/study_position_64.yaml --output study
+
+showcase: venv
 	$(PY) tools/showcase.py
 
 test: venv
@@ -21,4 +24,4 @@ test: venv
 catalogue: venv
 	$(PY) tools/make_catalogue.py
 
-.PHONY: venv demo test catalogue
+.PHONY: venv demo showcase test catalogue

@@ -13,6 +13,7 @@ from torchvision import datasets, transforms
 from .synthetic import SyntheticShapes, TASKS
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_SYNTHETIC = {}
 
 
 class RobustImageFolder(datasets.ImageFolder):
@@ -68,7 +69,10 @@ def build_dataset(spec: str, img_size, split: str, num_samples: Optional[int] = 
             raise ValueError(f"unknown synthetic task {task!r} in --data {spec!r}; expected one of "
                              f"{['synthetic:' + t for t in TASKS]}")
         default = 4096 if split == 'train' else 512
-        return SyntheticShapes(task, size, num_samples or default, split=split, seed=seed)
+        key = (task, size, num_samples or default, split, seed)
+        if key not in _SYNTHETIC:  # one rendered copy per process, shared by every run that asks for it
+            _SYNTHETIC[key] = SyntheticShapes(task, size, num_samples or default, split=split, seed=seed)
+        return _SYNTHETIC[key]
     sub = os.path.join(spec, 'train' if split == 'train' else 'val')
     root = sub if os.path.isdir(sub) else spec
     ds = RobustImageFolder(root, transform=folder_transform(size, split == 'train'))
