@@ -87,3 +87,10 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path):
     with pytest.warns(UserWarning, match='skipping unreadable image .*broken.png'):
         batch = collate_skip_none([ds[i] for i in range(len(ds))])
     assert ds.num_corrupt == 1 and batch[0].shape == (4, 3, 32, 32)
+
+
+def test_position_tasks_use_position_free_backgrounds():
+    for seed in range(60):
+        assert make_scene('position', seed).background in ('plain', 'noise')
+        assert make_scene('quadrant', seed).background in ('plain', 'noise')
+    assert {make_scene('kind', s).background for s in range(60)} == {'plain', 'gradient', 'texture', 'noise'}

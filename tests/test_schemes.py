@@ -69,7 +69,7 @@ def test_contextual_on_keys_queries_values():
     n = 21
     q, k, v = torch.randn(3, 2, 2, n, 16).unbind(0)
     bias = pe.bias(q, k, ctx, layer=1)
-    ids = ctx.state['ids'][0]
+    ids = pe.bucket_ids(ctx.grid)[0]
     assert ids[0].eq(49).all() and ids[:, 0].eq(49).all()  # pairs with the cls token share the extra bucket
     s = 16 ** -0.5
     b, h, i, j = 1, 1, 7, 13
@@ -88,7 +88,7 @@ def test_bias_mode_is_a_table_lookup():
     ctx = context(pe, (3, 4))
     q = torch.randn(1, 2, 13, 16)
     bias = pe.bias(q, q, ctx, layer=0)
-    ids = ctx.state['ids']
+    ids = pe.bucket_ids(ctx.grid)
     assert bias.shape == (1, 1, 13, 13)  # shared over heads: broadcast by SDPA
     torch.testing.assert_close(bias[0, 0, 5, 9], pe.k_table[0, 0, 0, ids[0, 5, 9]] + pe.k_table[0, 1, 0, ids[1, 5, 9]])
 
@@ -205,3 +205,30 @@ def test_rope_mixed_3d_and_rope_grid_rank():
     q2, _ = pe.qk(q, q, ctx, 0)
     torch.testing.assert_close(q2.norm(dim=-1), q.norm(dim=-1))  # a rotation keeps norms
     torch.testing.assert_close(q2[:, :, 0], q[:, :, 0])  # the prefix token is not rotated
+
+
+@pytest.mark.parametrize('scheme,options', [('irpe', dict(method='product', on='qkv', shared_head=False)),
+                                            ('irpe', dict(method='cross', on='qk')),
+                                            ('irpe', dict(method='euclidean', on='kv')),
+                                            ('decomposed', dict(zero_init=False))])
+def test_bias_schemes_in_row_chunks_match_the_full_bias(scheme, options):
+    """Large grids run attention a chunk of query rows at a time (iRPE also computes its bucket ids per
+    chunk, mirrored for queries): the same numbers as one full bias."""
+    from vitpe.layers import Attention
+    m = timm.create_model('vitpe_tiny_patch16_224', pos_enc=scheme, num_classes=0, depth=2,
+                          pos_enc_args=options).eval()
+    with torch.no_grad():
+        for p in m.pos_enc.parameters():
+            p.normal_()
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        ref = m(x)
+        m.pos_enc.cache_tokens = 0  # (iRPE) no cached (N, N) ids
+        old = Attention.bias_budget_mb
+        Attention.bias_budget_mb = 0.02  # a few rows per chunk
+        try:
+            assert m.blocks[0].attn.path_for(m.pos_enc, 2, 49) == 'chunked'
+            got = m(x)
+        finally:
+            Attention.bias_budget_mb = old
+    torch.testing.assert_close(got, ref)

@@ -27,6 +27,7 @@ COLOURS = {
     'magenta': (0.85, 0.1, 0.8), 'cyan': (0.1, 0.8, 0.85),
 }
 BACKGROUNDS = ('plain', 'gradient', 'texture', 'noise')
+POSITION_FREE_BACKGROUNDS = ('plain', 'noise')
 TASKS = {
     'position': ('left', 'right', 'above', 'below'),
     'quadrant': ('top-left', 'top-right', 'bottom-left', 'bottom-right'),
@@ -148,7 +149,11 @@ def make_scene(task: str, seed: int) -> Scene:
     if task not in TASKS:
         raise ValueError(f"unknown synthetic task {task!r}; expected one of {list(TASKS)}")
     rng = np.random.default_rng(seed)
-    background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
+    # A background that varies smoothly over the image (gradient, stripes) tells every patch where it is,
+    # given the whole image: it would leak absolute position to a model with no positional encoding.
+    # The position tasks therefore draw only position-free backgrounds (plain, per-pixel noise).
+    backgrounds = BACKGROUNDS if task == 'kind' else POSITION_FREE_BACKGROUNDS
+    background = backgrounds[rng.integers(len(backgrounds))]
     bg_colour = tuple(float(v) for v in rng.uniform(0.35, 0.6) + rng.uniform(-0.05, 0.05, size=3))
     bg_params = tuple(float(v) for v in rng.uniform(-1, 1, size=3))
     neutral = [c for c in COLOURS if c not in ('red', 'blue')]
@@ -160,14 +165,17 @@ def make_scene(task: str, seed: int) -> Scene:
 
     if task == 'position':
         label = int(rng.integers(4))
-        for _ in range(1000):
-            radii = rng.uniform(0.09, 0.14, size=3)
+        for _ in range(5000):
+            radii = rng.uniform(0.07, 0.11, size=3)
             (rx, ry), (bx, by), (dx_, dy_) = _place(rng, radii)
             dx, dy = rx - bx, ry - by
-            # the dominant axis must win clearly, so that the label is unambiguous
-            if label in (0, 1) and abs(dx) > 0.2 and abs(dy) < 0.5 * abs(dx) and (dx < 0) == (label == 0):
+            # the dominant axis must win clearly, so that the label is unambiguous, and the two shapes must
+            # stay more than a quarter of the image apart along it: then no 16 px patch of a 64 px image
+            # holds parts of both, and no single patch shows the answer to a model without positions
+            gap = radii[0] + radii[1] + 0.26
+            if label in (0, 1) and abs(dx) > gap and abs(dy) < 0.5 * abs(dx) and (dx < 0) == (label == 0):
                 break
-            if label in (2, 3) and abs(dy) > 0.2 and abs(dx) < 0.5 * abs(dy) and (dy < 0) == (label == 2):
+            if label in (2, 3) and abs(dy) > gap and abs(dx) < 0.5 * abs(dy) and (dy < 0) == (label == 2):
                 break
         kinds = rng.choice(KINDS, size=3)
         shapes = [shape(kinds[0], 'red', rx, ry, radii[0]), shape(kinds[1], 'blue', bx, by, radii[1]),

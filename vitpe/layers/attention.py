@@ -14,7 +14,12 @@ class Attention(nn.Module):
     Goes through ``F.scaled_dot_product_attention``; a bias is passed as ``attn_mask`` only when the
     scheme returns one, so schemes without a bias keep SDPA's fused kernels. When the scheme needs the
     attention probabilities (iRPE on values), they are computed explicitly.
+
+    Paths (``path_for``): 'fused' (no bias), 'bias' (one (B, heads, N, N) bias), 'chunked' (the bias,
+    and the probabilities if needed, built for ``chunk`` query rows at a time, so memory stays
+    O(chunk x N) however large the grid: used when a full bias would exceed ``bias_budget_mb``).
     """
+    bias_budget_mb: float = 16.
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_norm: bool = False,
                  attn_drop: float = 0., proj_drop: float = 0., norm_layer=nn.LayerNorm):
@@ -29,16 +34,20 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, ctx: PosContext, layer: int) -> torch.Tensor:
+    def chunk_rows(self, batch: int, n: int, elem_size: int) -> int:
+        """Query rows per chunk so that a (batch, heads, rows, n) tensor stays within the budget."""
+        per_row = batch * self.num_heads * n * elem_size
+        return max(1, min(n, int(self.bias_budget_mb * 2 ** 20 // per_row)))
+
+    def path_for(self, pe, batch: int, n: int, elem_size: int = 4) -> str:
+        if not pe.uses('bias') and not pe.needs_attn_probs:
+            return 'fused'
+        return 'bias' if self.chunk_rows(batch, n, elem_size) >= n else 'chunked'
+
+    def _attend(self, q, k, v, ctx: PosContext, layer: int, rows: slice):
+        """Attention output of the query rows ``rows`` (q holds those rows only)."""
         pe = ctx.pe
-        if pe.uses('attn_input'):
-            x = pe.attn_input(x, ctx, layer)
-        b, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
-        if pe.uses('qk'):
-            q, k = pe.qk(q, k, ctx, layer)
-        bias = pe.bias(q, k, ctx, layer) if pe.uses('bias') else None
+        bias = pe.bias(q, k, ctx, layer, rows) if pe.uses('bias') else None
         scale = self.scale * ctx.logit_scale
         if bias is not None and ctx.logit_scale != 1.0:
             bias = bias * ctx.logit_scale
@@ -53,6 +62,23 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0., scale=scale)
         if pe.uses('value'):
-            out = pe.value(out, v, attn, ctx, layer)
+            out = pe.value(out, v, attn, ctx, layer, rows)
+        return out
+
+    def forward(self, x: torch.Tensor, ctx: PosContext, layer: int) -> torch.Tensor:
+        pe = ctx.pe
+        if pe.uses('attn_input'):
+            x = pe.attn_input(x, ctx, layer)
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if pe.uses('qk'):
+            q, k = pe.qk(q, k, ctx, layer)
+        if self.path_for(pe, b, n, q.element_size()) == 'chunked':
+            step = self.chunk_rows(b, n, q.element_size())
+            out = torch.cat([self._attend(q[:, :, i:i + step], k, v, ctx, layer, slice(i, i + step))
+                             for i in range(0, n, step)], dim=2)
+        else:
+            out = self._attend(q, k, v, ctx, layer, slice(None))
         out = out.transpose(1, 2).reshape(b, n, c)
         return self.proj_drop(self.proj(out))

@@ -16,10 +16,12 @@ Hooks, in the order the trunk calls them (``ctx`` is the :class:`PosContext` of 
     what the attention of ``layer`` sees, given ``h = norm1(x)``; the residual stream is untouched (lape).
 ``qk(q, k, ctx, layer) -> (q, k)``
     rotate queries and keys, shape (B, heads, N, head_dim) (rope).
-``bias(q, k, ctx, layer) -> Tensor | None``
-    an additive attention-logit bias broadcastable to (B, heads, N, N) (irpe, decomposed).
-``value(out, v, attn, ctx, layer) -> out``
-    adjust the attention output from V (lepe) or from the attention probabilities ``attn``
+``bias(q, k, ctx, layer, rows) -> Tensor | None``
+    an additive attention-logit bias broadcastable to (B, heads, rows, N) (irpe, decomposed); ``q``
+    holds the queries of ``rows`` only (a slice of the sequence: attention works in row chunks when
+    a full (B, heads, N, N) bias would be large, so a bias is never materialised for every row at once).
+``value(out, v, attn, ctx, layer, rows) -> out``
+    adjust the attention output of ``rows`` from V (lepe) or from the attention probabilities ``attn``
     (iRPE on values; ``attn`` is only computed when ``needs_attn_probs`` is true).
 ``after_block(x, ctx, layer) -> x``
     after block ``layer`` (cpe / PEG).
@@ -165,11 +167,12 @@ class PositionalEncoding(nn.Module):
     def qk(self, q: torch.Tensor, k: torch.Tensor, ctx: PosContext, layer: int):
         return q, k
 
-    def bias(self, q: torch.Tensor, k: torch.Tensor, ctx: PosContext, layer: int) -> Optional[torch.Tensor]:
+    def bias(self, q: torch.Tensor, k: torch.Tensor, ctx: PosContext, layer: int,
+             rows: slice = slice(None)) -> Optional[torch.Tensor]:
         return None
 
     def value(self, out: torch.Tensor, v: torch.Tensor, attn: Optional[torch.Tensor], ctx: PosContext,
-              layer: int) -> torch.Tensor:
+              layer: int, rows: slice = slice(None)) -> torch.Tensor:
         return out
 
     def after_block(self, x: torch.Tensor, ctx: PosContext, layer: int) -> torch.Tensor:

@@ -70,7 +70,9 @@ class LocallyEnhancedPE(PositionalEncoding):
         check_kernel(self.name, kernel_size)
         self.convs = nn.ModuleList([depthwise_conv(self.rank, self.dim, kernel_size) for _ in range(self.depth)])
 
-    def value(self, out, v, attn, ctx, layer):
+    def value(self, out, v, attn, ctx, layer, rows=slice(None)):
+        if rows != slice(None):
+            raise NotImplementedError("lepe adds no bias, so attention never runs it in row chunks")
         p = ctx.grid.num_prefix
         b, h, n, d = v.shape
         vp = v[:, :, p:].transpose(1, 2).reshape(b, n - p, h * d)

@@ -153,14 +153,16 @@ def irpe_num_buckets(method: str, beta: float, rank: int = 2) -> int:
 
 
 def irpe_bucket_ids(shape: Sequence[int], method: str, alpha: float, beta: float, gamma: float,
-                    device=None, axis: Optional[int] = None) -> torch.Tensor:
-    """(N, N) bucket ids of every (query, key) pair of patch tokens for an iRPE method.
+                    device=None, axis: Optional[int] = None, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(rows, N) bucket ids of (query, key) pairs of patch tokens for an iRPE method; ``rows`` are flat
+    query indices (all N when None), so large grids can be done a chunk of queries at a time.
 
     euclidean: g(round(|d|)); quant: g(|d|^2); product: mixed-radix over axes of g(d_a) + beta;
     cross: g(d_axis) for the one ``axis`` (the caller sums one table per axis).
     Non-product ids are shifted by beta so that they start at 0, as in the reference code."""
     coords = coord_grid(shape, device=device)
-    diff = coords[:, None, :] - coords[None, :, :]
+    q_coords = coords if rows is None else coords[rows]
+    diff = q_coords[:, None, :] - coords[None, :, :]
     b = int(beta)
     if method == 'euclidean':
         ids = piecewise_index(diff.square().sum(-1).sqrt().round(), alpha, beta, gamma) + b

@@ -65,48 +65,87 @@ class IRPE(PositionalEncoding):
             unused.add('value')
         self._hooks_used = self._hooks_used - unused
 
-    def bucket_ids(self, grid):
-        """(axes, N, N) bucket ids for the grid, prefix tokens included."""
-        def build():
-            axes = range(grid.rank) if self.method == 'cross' else [None]
-            ids = [pad_prefix_buckets(irpe_bucket_ids(grid.shape, self.method, self.alpha, self.beta, self.gamma,
-                                                      device=self.scheme.device, axis=a),
-                                      grid.num_prefix, self.prefix_bucket) for a in axes]
-            return torch.stack(ids)
-        return self.cached(('ids', grid.shape, grid.num_prefix), build)
+    # grids up to this many tokens keep their (N, N) bucket ids cached; larger ones compute the ids of
+    # each row chunk on the fly, so memory stays O(chunk x N)
+    cache_tokens: int = 1024
+
+    def bucket_ids(self, grid, rows: slice = slice(None)) -> torch.Tensor:
+        """(axes, rows, N) bucket ids for the query ``rows`` of the grid (prefix tokens included)."""
+        if grid.num_tokens <= self.cache_tokens:
+            return self.cached(('ids', grid.shape, grid.num_prefix), lambda: self._bucket_ids(grid, slice(None)))[:, rows]
+        return self._bucket_ids(grid, rows)
+
+    def _bucket_ids(self, grid, rows: slice) -> torch.Tensor:
+        p, n = grid.num_prefix, grid.num_tokens
+        idx = torch.arange(n, device=self.scheme.device)[rows]
+        patch = idx >= p
+        axes = range(grid.rank) if self.method == 'cross' else [None]
+        out = torch.full((len(axes), len(idx), n), self.prefix_bucket, dtype=torch.long, device=self.scheme.device)
+        for i, a in enumerate(axes):
+            out[i, patch, p:] = irpe_bucket_ids(grid.shape, self.method, self.alpha, self.beta, self.gamma,
+                                                device=self.scheme.device, axis=a, rows=idx[patch] - p)
+        return out
 
     def prepare(self, grid):
         self.check_grid(grid)
-        return {'ids': self.bucket_ids(grid)}
+        return {}
 
     def _encode(self, x, table, ids, scale):
-        """Sum over axis tables of the encoding for every (row i, column j) pair, (B|1, H, N, N)."""
+        """Sum over axis tables of the encoding of every (row i of x, column j) pair, (B|1, H, rows, cols).
+
+        Contextual: x against every bucket once, (B, H, rows, buckets), then a gather by bucket id
+        (the reference's efficient path; no (rows, cols, d) tensor is formed)."""
         out = 0
         for a in range(ids.shape[0]):
+            idx = ids[a]
             if self.mode == 'bias':
-                out = out + table[a][:, ids[a]].unsqueeze(0)  # (1, H|1, N, N)
+                out = out + table[a][:, idx].unsqueeze(0)  # (1, H|1, rows, cols)
             else:
-                per_bucket = (x * scale) @ table[a].to(x.dtype)  # (B, H, N, buckets)
-                idx = ids[a].expand(*per_bucket.shape[:2], *ids[a].shape)
-                out = out + per_bucket.gather(-1, idx)
+                per_bucket = (x * scale) @ table[a].to(x.dtype)  # (B, H, rows, buckets)
+                out = out + per_bucket.gather(-1, idx.expand(*per_bucket.shape[:2], *idx.shape))
         return out
 
-    def bias(self, q, k, ctx, layer):
-        ids = ctx.state['ids']
+    def bias(self, q, k, ctx, layer, rows=slice(None)):
         scale = self.head_dim ** -0.5
         out = None
-        if 'k' in self.on:
-            out = self._encode(q, self.k_table[layer], ids, scale)
-        if 'q' in self.on:
-            enc = self._encode(k, self.q_table[layer], ids, scale).transpose(-1, -2)
+        if 'k' in self.on:  # logits_ij += q_i . T[bucket_ij]
+            out = self._encode(q, self.k_table[layer], self.bucket_ids(ctx.grid, rows), scale)
+        if 'q' in self.on:  # logits_ij += k_j . T[bucket_ji]; the product / cross buckets are not symmetric
+            ids_t = self._transposed_ids(ctx.grid, rows)
+            enc = self._encode(k, self.q_table[layer], ids_t, scale).transpose(-1, -2)
             out = enc if out is None else out + enc
         return out.to(q.dtype)
 
-    def value(self, out, v, attn, ctx, layer):
-        ids = ctx.state['ids']
+    def _transposed_ids(self, grid, rows: slice) -> torch.Tensor:
+        """(axes, N, rows): bucket of (key j, query i) for every key j and the query ``rows``."""
+        if grid.num_tokens <= self.cache_tokens:
+            return self.bucket_ids(grid)[:, :, rows]
+        # bucket(j, i) = bucket of the offset -(i - j): mirror the offsets through the grid
+        return self._bucket_ids_mirrored(grid, rows)
+
+    def _bucket_ids_mirrored(self, grid, rows: slice) -> torch.Tensor:
+        # g is odd (g(-x) = -g(x)), so for product / cross ids the mirrored offset flips each axis' digit
+        ids = self._bucket_ids(grid, rows)
+        if self.method in ('euclidean', 'quant'):
+            flipped = ids  # symmetric in the offset
+        else:
+            b = int(self.beta)
+            digits, radix, value = [], 2 * b + 1, ids.clone()
+            nd = grid.rank if self.method == 'product' else 1
+            for _ in range(nd):
+                digits.append(value % radix)
+                value = value // radix
+            flipped = 0
+            for d in reversed(digits):
+                flipped = flipped * radix + (2 * b - d)
+            flipped = torch.where(ids == self.prefix_bucket, ids, flipped)
+        return flipped.transpose(1, 2)
+
+    def value(self, out, v, attn, ctx, layer, rows=slice(None)):
+        ids = self.bucket_ids(ctx.grid, rows)
         table = self.v_table[layer]  # (axes, H|1, buckets, d)
         for a in range(ids.shape[0]):
             per_bucket = attn.new_zeros(*attn.shape[:-1], table.shape[-2])
-            per_bucket.scatter_add_(-1, ids[a].expand_as(attn), attn)  # (B, H, N, buckets)
+            per_bucket.scatter_add_(-1, ids[a].expand_as(attn), attn)  # attention summed per bucket
             out = out + per_bucket @ table[a].to(attn.dtype)
         return out

@@ -4,30 +4,37 @@ logits_ij += <q_i, R_h[r_i - r_j]> + <q_i, R_w[c_i - c_j]> (+ <q_i, R_t[t_i - t_
 unscaled. At another grid the tables are resampled linearly along their length, as SAM does."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 from timm.layers import trunc_normal_
 
 from .base import PositionalEncoding, register_pos_encoding
-from .functional import relative_index, resample_1d
+from .functional import coord_grid, relative_index, resample_1d
 
 
-def decomposed_bias(q: torch.Tensor, tables, shape) -> torch.Tensor:
-    """q (B, N, d) of patch tokens on ``shape``; tables one (L_a, d) per axis. Returns (B, N, N)."""
-    b, n, d = q.shape
+def decomposed_bias(q: torch.Tensor, tables, shape, rows: Optional[torch.Tensor] = None,
+                    out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Decomposed bias of some query tokens against all patch tokens of the grid ``shape``.
+
+    q (B, c, d): the queries of patch tokens ``rows`` (flat indices; all N when None); tables: one
+    (L_a, d) per axis. Returns (B, c, N), or adds into ``out`` (B, c, *shape) in place. Memory is
+    O(c N), so callers can work in row chunks."""
+    b, c, d = q.shape
     rank = len(shape)
-    qg = q.reshape(b, *shape, d)
-    out = 0
+    coords = coord_grid(shape, device=q.device, dtype=torch.long)  # (N, rank)
+    q_coords = coords if rows is None else coords[rows]
+    if out is None:
+        out = q.new_zeros(b, c, *shape)
     for a, (size, table) in enumerate(zip(shape, tables)):
-        rel = resample_1d(table, 2 * size - 1)[relative_index(size, size).to(table.device)]  # (size, size, d)
-        # project q of every token on the relative vectors along axis a: (b, *shape, size_k)
-        qa = qg.movedim(1 + a, -2)  # (b, ..., size_q, d)
-        proj = torch.einsum('...qd,qkd->...qk', qa, rel.to(q.dtype)).movedim(-2, 1 + a)
-        # broadcast over the key's other axes: key axis a only
-        view = [b] + list(shape) + [1] * rank
-        view[1 + rank + a] = size
-        out = out + proj.reshape(view)
-    return out.reshape(b, n, n)
+        rel = resample_1d(table, 2 * size - 1).to(q.dtype)
+        idx = relative_index(size, size).to(q.device)[q_coords[:, a]]  # (c, size_k)
+        proj = torch.einsum('bcd,ckd->bck', q, rel[idx])  # <q_i, R_a[i_a - j_a]> for every key coordinate j_a
+        view = [b, c] + [1] * rank
+        view[2 + a] = size
+        out.add_(proj.reshape(view))
+    return out.reshape(b, c, -1)
 
 
 @register_pos_encoding
@@ -45,13 +52,18 @@ class DecomposedRelPos(PositionalEncoding):
             for t in self.tables:
                 trunc_normal_(t, std=.02)
 
-    def bias(self, q, k, ctx, layer):
+    def bias(self, q, k, ctx, layer, rows=slice(None)):
         p = ctx.grid.num_prefix
-        b, h, n, d = q.shape
-        bias = decomposed_bias(q[:, :, p:].reshape(b * h, n - p, d), [t[layer] for t in self.tables],
-                               ctx.grid.shape).reshape(b, h, n - p, n - p)
-        if p:  # no bias to or from prefix tokens
-            bias = nn.functional.pad(bias, (p, 0, p, 0))
+        b, h, c, d = q.shape
+        n = k.shape[2]
+        first = range(n)[rows].start  # rows is a contiguous slice; prefix rows come first
+        skip = max(p - first, 0)  # prefix rows in this chunk: no bias to or from prefix tokens
+        bias = q.new_zeros(b, h, c, n)
+        if skip < c:
+            target = bias[:, :, skip:, p:].unflatten(-1, ctx.grid.shape).flatten(0, 1)  # a view
+            rows_patch = torch.arange(first + skip - p, first + c - p, device=q.device)
+            decomposed_bias(q[:, :, skip:].flatten(0, 1), [t[layer] for t in self.tables], ctx.grid.shape,
+                            rows_patch, out=target)
         return bias
 
     def resize_state_dict(self, state_dict, prefix):

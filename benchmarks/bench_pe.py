@@ -1,0 +1,273 @@
+#!/usr/bin/env python
+"""What each positional scheme costs: images per second and peak memory, measured side by side in one
+run, interleaved, against (1) the vitpe trunk with no scheme and (2) timm's own implementation of the
+same scheme where timm has one.
+
+    python benchmarks/bench_pe.py --quick                 # ViT-S, 224 and 384, inference (< 10 min, 2 cores)
+    python benchmarks/bench_pe.py --models small base --sizes 224 384 512 --mem-sizes 1024 --modes infer train
+    python benchmarks/bench_pe.py --smoke --output bench.json   # seconds; for the test suite
+
+Prints a table of ratios (vitpe / reference; > 1 means vitpe is faster) and writes one JSON record per
+measurement. On CUDA it uses bf16 autocast and CUDA events; on the CPU float32 and perf_counter.
+Peak memory: CUDA max_memory_allocated; CPU the largest rise of the process's resident set above the
+level before the measurement (sampled every millisecond).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import threading
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import timm  # noqa: E402
+
+import vitpe  # noqa: E402
+from vitpe.layers import Attention  # noqa: E402
+
+SIZES = {'tiny': (192, 3), 'small': (384, 6), 'base': (768, 12)}
+# schemes timm implements, and how to build timm's model at the same size and options
+TIMM_REFS = {
+    'ape': lambda size, img: timm.create_model(f'vit_{size}_patch16_224', img_size=img, num_classes=0),
+    'rope_axial': lambda size, img: timm.create_model(f'vit_{size}_patch16_rope_224', img_size=img, num_classes=0),
+    'rope_mixed': lambda size, img: timm.create_model(f'vit_{size}_patch16_rope_mixed_224', img_size=img,
+                                                      num_classes=0),
+    'decomposed': lambda size, img: timm.models.vision_transformer_sam.VisionTransformerSAM(
+        img_size=img, patch_size=16, embed_dim=SIZES[size][0], depth=12, num_heads=SIZES[size][1],
+        use_abs_pos=False, use_rel_pos=True, window_size=0, neck_chans=0, num_classes=0, global_pool='avg'),
+}
+# vitpe options that match the timm reference (timm's RoPE-ViT models use LayerScale)
+MATCH_TIMM = {'rope_axial': dict(init_values=1e-5), 'rope_mixed': dict(init_values=1e-5)}
+
+
+class PeakRSS:
+    """Largest resident-set rise above the level at ``__enter__``, sampled by a thread every ``interval``."""
+
+    def __init__(self, interval: float = 0.001):
+        self.interval = interval
+        self.page = os.sysconf('SC_PAGE_SIZE')
+
+    def rss(self) -> int:
+        with open('/proc/self/statm') as f:
+            return int(f.read().split()[1]) * self.page
+
+    def __enter__(self):
+        self.base = self.peak = self.rss()
+        self.running = True
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def _poll(self):
+        while self.running:
+            self.peak = max(self.peak, self.rss())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self.peak = max(self.peak, self.rss())
+
+    @property
+    def mb(self) -> float:
+        return (self.peak - self.base) / 2 ** 20
+
+
+def make_step(model, x, mode: str, device) -> Callable[[], None]:
+    amp = device.type == 'cuda'
+
+    def infer():
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(x)
+        return out
+
+    def train():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(x)
+        out.float().square().mean().backward()
+        model.zero_grad(set_to_none=True)
+
+    return infer if mode == 'infer' else train
+
+
+def timed(step, device) -> float:
+    if device.type == 'cuda':
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    step()
+    return time.perf_counter() - t0
+
+
+def peak_memory(step, device) -> float:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+    with PeakRSS() as m:
+        step()
+    return m.mb
+
+
+def build(scheme: str, size: str, img: int, device, timm_ref: bool = False, match_timm: bool = False):
+    if timm_ref:
+        model = TIMM_REFS[scheme](size, img)
+    else:
+        kwargs = MATCH_TIMM.get(scheme, {}) if match_timm else {}
+        model = timm.create_model(f'vitpe_{size}_patch16_224', pos_enc=scheme, img_size=img, num_classes=0, **kwargs)
+    return model.to(device).train(False)
+
+
+def measure_group(models: Dict[str, torch.nn.Module], img: int, batch: int, mode: str, repeats: int, device,
+                  time_it: bool = True) -> Dict[str, Dict[str, float]]:
+    """Interleaved: every repeat runs each model once, in turn; medians per model."""
+    x = torch.randn(batch, 3, img, img, device=device)
+    steps = {}
+    for name, model in models.items():
+        model.train(mode == 'train')
+        steps[name] = make_step(model, x, mode, device)
+        steps[name]()  # warm-up (and caches)
+    times = {name: [] for name in models}
+    if time_it:
+        for _ in range(repeats):
+            for name, step in steps.items():
+                times[name].append(timed(step, device))
+    mems = {name: peak_memory(step, device) for name, step in steps.items()}
+    return {name: {'imgs_per_s': batch / statistics.median(times[name]) if times[name] else float('nan'),
+                   'peak_mem_mb': mems[name]} for name in models}
+
+
+def attention_path(scheme: str, size: str, img: int, batch: int) -> str:
+    m = timm.create_model(f'vitpe_{size}_patch16_224', pos_enc=scheme, img_size=img, num_classes=0)
+    n = (img // 16) ** 2 + 1
+    return m.blocks[0].attn.path_for(m.pos_enc, batch, n)
+
+
+def run(args) -> List[dict]:
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    torch.manual_seed(0)
+    records = []
+    plan = [(size, img, mode, True) for size in args.models for img in args.sizes for mode in args.modes]
+    plan += [(size, img, 'infer', False) for size in args.models for img in args.mem_sizes]
+    total = len(plan) * len(args.schemes)
+    done = 0
+    for size, img, mode, time_it in plan:
+        bare = build('none', size, img, device)
+        for scheme in args.schemes:
+            done += 1
+            print(f"[{done}/{total}] {size} {scheme} {img} {mode}{'' if time_it else ' (memory)'}", file=sys.stderr,
+                  flush=True)
+            models = {'vitpe': build(scheme, size, img, device), 'none': bare}
+            if args.timm and scheme in TIMM_REFS:
+                # against timm, vitpe runs with timm's options (LayerScale for RoPE-ViT)
+                if scheme in MATCH_TIMM:
+                    models['vitpe_as_timm'] = build(scheme, size, img, device, match_timm=True)
+                models['timm'] = build(scheme, size, img, device, timm_ref=True)
+            result = measure_group(models, img, args.batch, mode, args.repeats, device, time_it)
+            path = attention_path(scheme, size, img, args.batch)
+            for ref in [r for r in ('none', 'timm') if r in result]:
+                if ref == 'none' and scheme == 'none':
+                    continue
+                ours = result['vitpe_as_timm' if ref == 'timm' and 'vitpe_as_timm' in result else 'vitpe']
+                theirs = result[ref]
+                records.append({
+                    'scheme': scheme, 'model': f'vitpe_{size}_patch16_{scheme}_224', 'img_size': img,
+                    'batch': args.batch, 'mode': mode, 'device': str(device), 'timed': time_it,
+                    'imgs_per_s': ours['imgs_per_s'], 'peak_mem_mb': ours['peak_mem_mb'], 'ref': ref,
+                    'ref_imgs_per_s': theirs['imgs_per_s'], 'ref_peak_mem_mb': theirs['peak_mem_mb'],
+                    'ratio': ours['imgs_per_s'] / theirs['imgs_per_s'] if time_it else float('nan'),
+                    'mem_ratio': ours['peak_mem_mb'] / max(theirs['peak_mem_mb'], 1e-6),
+                    'attention_path': path,
+                })
+            del models
+    return records
+
+
+def growth(records: List[dict]) -> Dict[str, Dict[str, float]]:
+    """Exponent of time per image and of memory against the number of tokens, fitted over the sizes."""
+    out = {}
+    for scheme in sorted({r['scheme'] for r in records}):
+        rows = [r for r in records if r['scheme'] == scheme and r['ref'] == 'none' and r['mode'] == 'infer']
+        if len({r['img_size'] for r in rows}) < 2:
+            continue
+        def fit(pairs):
+            pairs = [(math.log((s / 16) ** 2), math.log(v)) for s, v in pairs if v and v > 0 and v == v]
+            if len(pairs) < 2:
+                return float('nan')
+            mx = sum(p[0] for p in pairs) / len(pairs)
+            my = sum(p[1] for p in pairs) / len(pairs)
+            return sum((a - mx) * (b - my) for a, b in pairs) / sum((a - mx) ** 2 for a, _ in pairs)
+        timed = [r for r in rows if r['timed']]
+        out[scheme] = {
+            'time_exp': fit([(r['img_size'], 1 / r['imgs_per_s']) for r in timed]),
+            'bare_time_exp': fit([(r['img_size'], 1 / r['ref_imgs_per_s']) for r in timed]),
+            'mem_exp': fit([(r['img_size'], r['peak_mem_mb']) for r in rows]),
+            'bare_mem_exp': fit([(r['img_size'], r['ref_peak_mem_mb']) for r in rows]),
+        }
+    return out
+
+
+def table(records: List[dict]) -> str:
+    lines = ['| scheme | model | size | mode | path | vitpe img/s | vs none | vs timm | mem MB | mem vs none |',
+             '|---|---|---|---|---|---|---|---|---|---|']
+    keys = sorted({(r['scheme'], r['model'], r['img_size'], r['mode'], r['timed']) for r in records},
+                  key=lambda k: (k[1].split('_')[1], k[2], k[3], k[0]))
+    for scheme, model, img, mode, timed_ in keys:
+        rs = {r['ref']: r for r in records if (r['scheme'], r['model'], r['img_size'], r['mode'], r['timed'])
+              == (scheme, model, img, mode, timed_)}
+        any_r = next(iter(rs.values()))
+        fmt = lambda r: f"{r['ratio']:.2f}" if r and timed_ else '-'
+        ips = f"{any_r['imgs_per_s']:.1f}" if timed_ else '-'
+        mem_none = f"{rs['none']['mem_ratio']:.2f}" if 'none' in rs else '-'
+        lines.append(f"| {scheme} | {model.split('_')[1]} | {img} | {mode} | {any_r['attention_path']} | {ips} | "
+                     f"{fmt(rs.get('none'))} | {fmt(rs.get('timm'))} | {any_r['peak_mem_mb']:.0f} | {mem_none} |")
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--models', nargs='+', default=['small', 'base'], choices=list(SIZES))
+    ap.add_argument('--sizes', nargs='+', type=int, default=[224, 384, 512])
+    ap.add_argument('--mem-sizes', nargs='+', type=int, default=[1024], help='sizes measured for memory only')
+    ap.add_argument('--modes', nargs='+', default=['infer', 'train'], choices=['infer', 'train'])
+    ap.add_argument('--schemes', nargs='+', default=vitpe.list_pos_encodings())
+    ap.add_argument('--batch', type=int, default=8)
+    ap.add_argument('--repeats', type=int, default=5)
+    ap.add_argument('--no-timm', dest='timm', action='store_false', help='skip the timm references')
+    ap.add_argument('--quick', action='store_true', help='ViT-S, 224 and 384, inference')
+    ap.add_argument('--smoke', action='store_true', help='seconds: tiny model, 64 px, 2 schemes')
+    ap.add_argument('--output', default='bench.json')
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.models, args.sizes, args.modes, args.mem_sizes, args.repeats = ['small'], [224, 384], ['infer'], [], 3
+    if args.smoke:
+        args.models, args.sizes, args.modes, args.mem_sizes = ['tiny'], [64], ['infer', 'train'], [96]
+        args.schemes, args.repeats, args.batch = ['ape', 'irpe'], 1, 2
+    records = run(args)
+    summary = {'records': records, 'growth': growth(records)}
+    with open(args.output, 'w') as f:
+        json.dump(summary, f, indent=1)
+    print(table(records))
+    for scheme, g in summary['growth'].items():
+        print(f"growth {scheme}: time ~ N^{g['time_exp']:.2f} (bare N^{g['bare_time_exp']:.2f}), "
+              f"memory ~ N^{g['mem_exp']:.2f} (bare N^{g['bare_mem_exp']:.2f})")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
