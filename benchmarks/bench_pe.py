@@ -22,7 +22,7 @@ import statistics
 import sys
 import threading
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import torch
 
@@ -30,7 +30,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import timm  # noqa: E402
 
 import vitpe  # noqa: E402
-from vitpe.layers import Attention  # noqa: E402
 
 SIZES = {'tiny': (192, 3), 'small': (384, 6), 'base': (768, 12)}
 # schemes timm implements, and how to build timm's model at the same size and options

@@ -1,7 +1,5 @@
 """Numerical parity with timm: foreign checkpoints through timm's pretrained mechanism, and the
 positional functions timm has."""
-import math
-
 import pytest
 import timm
 import torch

@@ -5,9 +5,8 @@ import pytest
 import timm
 import torch
 
-import vitpe
 from vitpe.eval import applicable_strategies, apply_strategy
-from vitpe.pe import Grid, PosContext
+from vitpe.pe import Grid
 
 
 def tiny(scheme, **kw):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import random
 import signal
@@ -173,7 +172,7 @@ class Logger:
                 if os.path.exists(p):
                     os.remove(p)
 
-    def write(self, row: Dict[str, Any], keep_epochs_below: Optional[int] = None) -> None:
+    def write(self, row: Dict[str, Any]) -> None:
         exists = os.path.exists(self.csv_path)
         with open(self.csv_path, 'a', newline='') as f:
             w = csv.DictWriter(f, fieldnames=list(row))

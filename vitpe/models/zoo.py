@@ -9,7 +9,6 @@ from typing import Any, Dict
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from ..pe import list_pos_encodings
 from .convert import checkpoint_filter_fn
 from .vision_transformer import VisionTransformer
 

@@ -182,8 +182,8 @@ class FourierPE(PositionalEncoding):
     r = 1/sqrt(F) [cos(x W^T) || sin(x W^T)], W in R^{F/2 x M} ~ N(0, gamma^-2), PE = MLP(r) with GELU.
     With ``groups`` G, G independent feature sets each produce D/G channels (concatenated).
 
-    Coordinates are patch indices divided by the reference grid (the training grid spans [0, 1)),
-    so a larger grid extends the coordinates instead of squeezing them.
+    Coordinates are patch indices divided by the training grid (``coord_unit``: the training grid spans
+    [0, 1)), so a larger grid extends the coordinates instead of squeezing them.
 
     Options: num_features F (64), hidden_dim (32), gamma (1.0), groups (1).
     """
@@ -203,6 +203,9 @@ class FourierPE(PositionalEncoding):
             raise ValueError(f"fourier: invalid groups={groups}; dim={self.dim} must be divisible by it")
         self.num_features, self.groups, self.gamma = num_features, groups, gamma
         self.freqs = nn.Parameter(torch.randn(groups, num_features // 2, self.rank) / gamma)
+        # coordinates are patch indices over this grid (the training grid): a persistent buffer, so a
+        # checkpoint loaded at another resolution or ``set_input_size`` keeps the positions it learned
+        self.register_buffer('coord_unit', torch.tensor(self.grid_size, dtype=torch.float32))
         self.mlp = nn.Sequential(
             nn.Conv1d(groups * num_features, groups * hidden_dim, 1, groups=groups), nn.GELU(),
             nn.Conv1d(groups * hidden_dim, self.dim, 1, groups=groups))
@@ -214,8 +217,11 @@ class FourierPE(PositionalEncoding):
         return self.mlp(r.reshape(1, -1, coords.shape[0])).transpose(1, 2)
 
     def prepare(self, grid):
-        scale = grid_scale(self, grid) or (1.,) * grid.rank
-        scale = tuple(f / r for f, r in zip(scale, self.grid_size))
+        unit = tuple(self.coord_unit.tolist())  # the training grid, carried by checkpoints
+        if self.resolution_strategy == 'pi':  # position interpolation: the test grid spans [0, 1) too
+            scale = tuple(1. / g for g in grid.shape)
+        else:
+            scale = tuple(1. / u for u in unit)
         coords = self.cached(('coords', grid.shape, scale),
                              lambda: coord_grid(grid.shape, device=self.freqs.device, scale=scale))
         return {'coords': coords}

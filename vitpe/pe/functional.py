@@ -3,7 +3,7 @@ table resampling. Every function takes the grid shape as a tuple of any rank ((T
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -177,16 +177,6 @@ def irpe_bucket_ids(shape: Sequence[int], method: str, alpha: float, beta: float
     else:
         raise ValueError(f"irpe: unknown method {method!r}; expected one of {list(IRPE_METHODS)}")
     return ids
-
-
-def pad_prefix_buckets(ids: torch.Tensor, num_prefix: int, prefix_bucket: int) -> torch.Tensor:
-    """Give every pair that involves a prefix token its own bucket (iRPE's ``skip`` tokens)."""
-    if not num_prefix:
-        return ids
-    n = ids.shape[0] + num_prefix
-    out = ids.new_full((n, n), prefix_bucket)
-    out[num_prefix:, num_prefix:] = ids
-    return out
 
 
 def relative_index(size_q: int, size_k: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .base import PositionalEncoding, check_choice, check_positive, register_pos_encoding
-from .functional import IRPE_METHODS, irpe_bucket_ids, irpe_num_buckets, pad_prefix_buckets
+from .functional import IRPE_METHODS, irpe_bucket_ids, irpe_num_buckets
 
 IRPE_MODES = ('bias', 'contextual')
 IRPE_TARGETS = ('k', 'q', 'v', 'qk', 'kv', 'qv', 'qkv')

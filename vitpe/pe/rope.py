@@ -12,8 +12,6 @@ frequencies that turn less than once over the reference grid, with a ramp (YaRN,
 from __future__ import annotations
 
 import math
-from typing import Optional
-
 import torch
 from torch import nn
 

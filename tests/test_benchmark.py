@@ -1,0 +1,65 @@
+"""The benchmark's smoke mode and schema, torch.compile against eager for every scheme, and the memory
+bound of bias schemes on a large grid (process peak memory in fresh processes, not timed)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+
+import vitpe
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECORD_KEYS = {'scheme', 'model', 'img_size', 'batch', 'mode', 'device', 'imgs_per_s', 'peak_mem_mb', 'ref',
+               'ref_imgs_per_s', 'ratio', 'attention_path'}
+
+
+def test_benchmark_smoke_writes_the_schema(tmp_path):
+    out = tmp_path / 'bench.json'
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'bench_pe.py'), '--smoke',
+                           '--output', str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    records = data['records']
+    assert {(r['scheme'], r['ref']) for r in records} == {('ape', 'none'), ('ape', 'timm'), ('irpe', 'none')}
+    for r in records:
+        assert RECORD_KEYS <= set(r)
+        assert r['mode'] in ('infer', 'train') and r['ref'] in ('none', 'timm')
+        if r['timed']:
+            assert r['imgs_per_s'] > 0 and r['ratio'] == pytest.approx(r['imgs_per_s'] / r['ref_imgs_per_s'])
+    assert '| ape | tiny | 64 | infer |' in proc.stdout and 'growth' in data
+
+
+@pytest.mark.parametrize('scheme', vitpe.list_pos_encodings())
+def test_compiled_matches_eager(scheme):
+    torch._dynamo.reset()
+    m = timm.create_model('vitpe_tiny_patch16_224', pos_enc=scheme, depth=1, embed_dim=64, num_heads=2,
+                          patch_size=8, img_size=32, num_classes=3).eval()
+    with torch.no_grad():
+        for p in m.pos_enc.parameters():
+            p.normal_(0, 0.1)
+    compiled = torch.compile(m, dynamic=False)
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), m(x), atol=1e-4, rtol=1e-4)
+
+
+def peak(scheme, img=1024):
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'peak_memory.py'), '--scheme', scheme,
+                           '--img-size', str(img), '--depth', '2'], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_bias_schemes_stay_within_1_5x_of_the_bare_trunk_at_1024():
+    bare = peak('none')
+    assert bare['attention_path'] == 'fused'
+    for scheme in ('decomposed', 'irpe'):
+        rec = peak(scheme)
+        assert rec['attention_path'] == 'chunked'
+        assert rec['peak_rise_mb'] <= 1.5 * bare['peak_rise_mb'], (scheme, rec, bare)
