@@ -49,12 +49,15 @@ def test_position_labels_describe_red_against_blue():
         assert s.label == expected
 
 
-def test_kind_labels_name_the_odd_shape_and_quadrant_its_place():
+def test_kind_labels_name_the_red_shape_and_quadrant_the_odd_shape_place():
+    from vitpe.data.synthetic import COLOURS
     for seed in range(20):
         s = make_scene('kind', seed)
-        kinds = [sh.kind for sh in s.shapes]
-        assert kinds.count(kinds[0]) == 1 and TASKS['kind'][s.label] == kinds[0]
+        red = [sh for sh in s.shapes if sh.colour[0] > 0.8 and sh.colour[1] < 0.3 and sh.colour[2] < 0.3]
+        assert len(red) == 1 and TASKS['kind'][s.label] == red[0].kind == s.shapes[0].kind
         q = make_scene('quadrant', seed)
+        kinds = [sh.kind for sh in q.shapes]
+        assert kinds.count(kinds[0]) == 1
         odd = q.shapes[0]
         assert q.label == (odd.cy >= 0.5) * 2 + (odd.cx >= 0.5)
 

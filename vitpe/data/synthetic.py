@@ -6,8 +6,8 @@ Tasks (labels):
 - ``position``: a red and a blue shape (plus a distractor); is the red one left of, right of, above or
   below the blue one (4 classes). Needs position: a model without any cannot solve it.
 - ``quadrant``: which quadrant holds the one shape of another kind (4 classes, absolute position).
-- ``kind``: the kind of the odd shape among shapes of one kind (4 classes). Position plays no part:
-  the control task.
+- ``kind``: the kind of the one red shape among shapes of other colours (4 classes). Position plays no
+  part: the control task.
 
 Every scene also yields boxes and masks of its shapes (``Scene.boxes``, ``render(..., masks=True)``).
 """
@@ -180,20 +180,25 @@ def make_scene(task: str, seed: int) -> Scene:
         kinds = rng.choice(KINDS, size=3)
         shapes = [shape(kinds[0], 'red', rx, ry, radii[0]), shape(kinds[1], 'blue', bx, by, radii[1]),
                   shape(kinds[2], neutral[rng.integers(len(neutral))], dx_, dy_, radii[2])]
+    elif task == 'kind':
+        # the kind of the one red shape, among 2-3 shapes of other colours and any kinds
+        n = int(rng.integers(3, 5))
+        radii = rng.uniform(0.11, 0.16, size=n)
+        pts = _place(rng, radii)
+        kinds = [int(rng.integers(len(KINDS))) for _ in range(n)]
+        label = kinds[0]
+        shapes = [shape(KINDS[k], 'red' if i == 0 else neutral[rng.integers(len(neutral))], x, y, r)
+                  for i, (k, (x, y), r) in enumerate(zip(kinds, pts, radii))]
     else:
         n = int(rng.integers(3, 5))
         common, odd = rng.choice(len(KINDS), size=2, replace=False)
         radii = rng.uniform(0.08, 0.12, size=n)
-        if task == 'quadrant':
-            label = int(rng.integers(4))
-            for _ in range(1000):
-                pts = _place(rng, radii)
-                qx, qy = pts[0]
-                if (qy >= 0.5) * 2 + (qx >= 0.5) == label and min(abs(qx - 0.5), abs(qy - 0.5)) > 0.05:
-                    break
-        else:
+        label = int(rng.integers(4))
+        for _ in range(1000):
             pts = _place(rng, radii)
-            label = int(odd)
+            qx, qy = pts[0]
+            if (qy >= 0.5) * 2 + (qx >= 0.5) == label and min(abs(qx - 0.5), abs(qy - 0.5)) > 0.05:
+                break
         colour = neutral + ['red', 'blue']
         shapes = [shape(KINDS[odd if i == 0 else common], colour[rng.integers(len(colour))], x, y, r)
                   for i, ((x, y), r) in enumerate(zip(pts, radii))]

@@ -160,29 +160,38 @@ def write_csv(records: Sequence[Record], path: str) -> None:
 
 
 def plot(records: Sequence[Record], path: str, title: str = 'Accuracy against test resolution') -> None:
-    """Accuracy against resolution, one line per checkpoint (and strategy); the training resolution
-    of each line is marked with a filled marker and a dotted vertical line."""
+    """Accuracy against resolution: one colour per checkpoint, one line style per strategy; the
+    training resolution of each line is a large marker and a dotted vertical line."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    series = _series(records)
+    labels = list(dict.fromkeys(label for label, _ in series))
+    strategies = list(dict.fromkeys(strategy for _, strategy in series))
+    colours = plt.get_cmap('tab20')
+    styles = ['-', '--', ':', '-.', (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2, 1, 2))]
+    fig, ax = plt.subplots(figsize=(11, 6))
     train_sizes = set()
-    for (label, strategy), by_res in _series(records).items():
+    for (label, strategy), by_res in series.items():
         xs = sorted(by_res)
+        colour = colours(labels.index(label) % 20)
+        style = styles[strategies.index(strategy) % len(styles)]
         name = label if strategy == 'none' else f'{label} [{strategy}]'
-        line, = ax.plot(xs, [by_res[x].acc for x in xs], marker='o', markersize=3, label=name)
+        ax.plot(xs, [by_res[x].acc for x in xs], marker='o', markersize=3, color=colour, linestyle=style,
+                linewidth=2 if strategy == 'none' else 1.2, label=name)
         tr = next(iter(by_res.values())).train_res
         train_sizes.add(tr)
         if tr in by_res:
-            ax.plot([tr], [by_res[tr].acc], marker='o', markersize=8, color=line.get_color())
+            ax.plot([tr], [by_res[tr].acc], marker='o', markersize=7, color=colour)
     for tr in train_sizes:
         ax.axvline(tr, color='gray', linestyle=':', linewidth=1)
-        ax.text(tr, ax.get_ylim()[1], ' train', color='gray', va='top', fontsize=8)
+        ax.annotate('training resolution', (tr, 0.01), xycoords=('data', 'axes fraction'), color='gray',
+                    fontsize=8, xytext=(3, 0), textcoords='offset points')
     ax.set_xlabel('test resolution (pixels)')
     ax.set_ylabel('accuracy')
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc='best')
+    ax.legend(fontsize=7, loc='center left', bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
