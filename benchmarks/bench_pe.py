@@ -9,12 +9,14 @@ same scheme where timm has one.
 
 Prints a table of ratios (vitpe / reference; > 1 means vitpe is faster) and writes one JSON record per
 measurement. On CUDA it uses bf16 autocast and CUDA events; on the CPU float32 and perf_counter.
-Peak memory: CUDA max_memory_allocated; CPU the largest rise of the process's resident set above the
-level before the measurement (sampled every millisecond).
+Peak memory: CUDA max_memory_allocated; CPU the largest rise of malloc's bytes in use (glibc mallinfo2,
+sampled every half millisecond) during the measured step. ``benchmarks/peak_memory.py`` measures one
+forward's peak resident set in a fresh process instead (the test of the 1.5x bound uses it).
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import os
@@ -46,19 +48,28 @@ TIMM_REFS = {
 MATCH_TIMM = {'rope_axial': dict(init_values=1e-5), 'rope_mixed': dict(init_values=1e-5)}
 
 
-class PeakRSS:
-    """Largest resident-set rise above the level at ``__enter__``, sampled by a thread every ``interval``."""
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks', 'fsmblks', 'uordblks', 'fordblks',
+                 'keepcost')]
 
-    def __init__(self, interval: float = 0.001):
+
+class PeakHeap:
+    """Largest rise of the bytes malloc has handed out and not taken back (glibc ``mallinfo2``: heap
+    ``uordblks`` plus mmapped ``hblkhd``) above the level at ``__enter__``, sampled every ``interval`` by a
+    thread. Unlike the resident set, freed memory that the allocator keeps does not count."""
+
+    def __init__(self, interval: float = 0.0005):
         self.interval = interval
-        self.page = os.sysconf('SC_PAGE_SIZE')
+        self.libc = ctypes.CDLL('libc.so.6')
+        self.libc.mallinfo2.restype = _MallInfo2
 
-    def rss(self) -> int:
-        with open('/proc/self/statm') as f:
-            return int(f.read().split()[1]) * self.page
+    def in_use(self) -> int:
+        info = self.libc.mallinfo2()
+        return info.uordblks + info.hblkhd
 
     def __enter__(self):
-        self.base = self.peak = self.rss()
+        self.base = self.peak = self.in_use()
         self.running = True
         self.thread = threading.Thread(target=self._poll, daemon=True)
         self.thread.start()
@@ -66,13 +77,13 @@ class PeakRSS:
 
     def _poll(self):
         while self.running:
-            self.peak = max(self.peak, self.rss())
+            self.peak = max(self.peak, self.in_use())
             time.sleep(self.interval)
 
     def __exit__(self, *exc):
         self.running = False
         self.thread.join()
-        self.peak = max(self.peak, self.rss())
+        self.peak = max(self.peak, self.in_use())
 
     @property
     def mb(self) -> float:
@@ -117,7 +128,7 @@ def peak_memory(step, device) -> float:
         step()
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
-    with PeakRSS() as m:
+    with PeakHeap() as m:
         step()
     return m.mb
 

@@ -141,6 +141,8 @@ class PositionalEncoding(nn.Module):
         """Memoise shape-only state (no parameters inside) by ``key``; cleared on device/dtype moves."""
         val = self._cache.get(key)
         if val is None:
+            if len(self._cache) >= 64:  # many grids or table versions seen: start over rather than grow
+                self._cache.clear()
             val = self._cache[key] = fn()
         return val
 
