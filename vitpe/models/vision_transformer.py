@@ -87,7 +87,6 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, bias=not pre_norm)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
-        self.pos_enc_name = pos_enc
         self.pos_enc = create_pos_encoding(
             pos_enc, dim=embed_dim, num_heads=num_heads, depth=depth, grid_size=self.patch_embed.grid_size,
             num_prefix_tokens=self.num_prefix_tokens, **(pos_enc_args or {}))

@@ -9,7 +9,8 @@ Hooks, in the order the trunk calls them (``ctx`` is the :class:`PosContext` of 
 
 ``prepare(grid) -> dict``
     once per forward; per-shape state (angles, bucket ids, resampled tables). Cache what
-    depends only on the shape with :meth:`PositionalEncoding.cached`.
+    depends only on the shape with :meth:`PositionalEncoding.cached`. An entry 'logit_scale'
+    multiplies the attention logits of this forward (YaRN's temperature).
 ``tokens(x, ctx) -> x``
     after patch embedding and prefix concat: add to or mix all tokens (ape, sincos, abswin, fourier).
 ``attn_input(h, ctx, layer) -> h``

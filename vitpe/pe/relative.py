@@ -14,8 +14,15 @@ from .base import PositionalEncoding, register_pos_encoding
 from .functional import coord_grid, relative_index, resample_1d
 
 
+def grid_indices(shape, device=None):
+    """What the decomposed bias needs of a grid: token coordinates (N, rank) and, per axis, the
+    (size, size) index into a (2 size - 1) relative table."""
+    return (coord_grid(shape, device=device, dtype=torch.long),
+            [relative_index(s, s).to(device) for s in shape])
+
+
 def decomposed_bias(q: torch.Tensor, tables, shape, rows: Optional[torch.Tensor] = None,
-                    out: Optional[torch.Tensor] = None) -> torch.Tensor:
+                    out: Optional[torch.Tensor] = None, indices=None) -> torch.Tensor:
     """Decomposed bias of some query tokens against all patch tokens of the grid ``shape``.
 
     q (B, c, d): the queries of patch tokens ``rows`` (flat indices; all N when None); tables: one
@@ -23,13 +30,13 @@ def decomposed_bias(q: torch.Tensor, tables, shape, rows: Optional[torch.Tensor]
     O(c N), so callers can work in row chunks."""
     b, c, d = q.shape
     rank = len(shape)
-    coords = coord_grid(shape, device=q.device, dtype=torch.long)  # (N, rank)
+    coords, rel_index = indices or grid_indices(shape, q.device)  # (N, rank), per axis (size, size)
     q_coords = coords if rows is None else coords[rows]
     if out is None:
         out = q.new_zeros(b, c, *shape)
     for a, (size, table) in enumerate(zip(shape, tables)):
         rel = resample_1d(table, 2 * size - 1).to(q.dtype)
-        idx = relative_index(size, size).to(q.device)[q_coords[:, a]]  # (c, size_k)
+        idx = rel_index[a][q_coords[:, a]]  # (c, size_k)
         proj = torch.einsum('bcd,ckd->bck', q, rel[idx])  # <q_i, R_a[i_a - j_a]> for every key coordinate j_a
         view = [b, c] + [1] * rank
         view[2 + a] = size
@@ -52,6 +59,10 @@ class DecomposedRelPos(PositionalEncoding):
             for t in self.tables:
                 trunc_normal_(t, std=.02)
 
+    def prepare(self, grid):
+        self.check_grid(grid)
+        return {'indices': self.cached(('indices', grid.shape), lambda: grid_indices(grid.shape, self.scheme.device))}
+
     def bias(self, q, k, ctx, layer, rows=slice(None)):
         p = ctx.grid.num_prefix
         b, h, c, d = q.shape
@@ -63,7 +74,7 @@ class DecomposedRelPos(PositionalEncoding):
             target = bias[:, :, skip:, p:].unflatten(-1, ctx.grid.shape).flatten(0, 1)  # a view
             rows_patch = torch.arange(first + skip - p, first + c - p, device=q.device)
             decomposed_bias(q[:, :, skip:].flatten(0, 1), [t[layer] for t in self.tables], ctx.grid.shape,
-                            rows_patch, out=target)
+                            rows_patch, out=target, indices=ctx.state['indices'])
         return bias
 
     def resize_state_dict(self, state_dict, prefix):
