@@ -123,13 +123,11 @@ def rope_mixed_angles(coords: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor
     return ang
 
 
-def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved channel pairs (x0, x1), (x2, x3), ... by the angles whose cos/sin are given per
-    pair (..., P); computed in float32, returned in x's dtype."""
-    xf = x.float().unflatten(-1, (-1, 2))
-    x0, x1 = xf.unbind(-1)
-    out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], -1).flatten(-2)
-    return out.to(x.dtype)
+def rotate_pairs(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved channel pairs (x0, x1), (x2, x3), ... by per-pair unit complex numbers
+    ``rot`` (..., P) = exp(i angle): (x0 + i x1) * rot, one complex product in float32, returned in x's dtype."""
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(xc * rot).flatten(-2).to(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------- iRPE

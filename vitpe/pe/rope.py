@@ -44,13 +44,13 @@ class _RoPEBase(PositionalEncoding):
     def tokens(self, x, ctx):
         return x if self.table is None else self.table.add(self, x, ctx.grid)
 
-    def rotate(self, q, k, cos, sin, num_prefix):
-        p = num_prefix
-        if p:
-            q = torch.cat([q[:, :, :p], rotate_pairs(q[:, :, p:], cos, sin)], dim=2)
-            k = torch.cat([k[:, :, :p], rotate_pairs(k[:, :, p:], cos, sin)], dim=2)
-            return q, k
-        return rotate_pairs(q, cos, sin), rotate_pairs(k, cos, sin)
+    @staticmethod
+    def with_prefix(ang: torch.Tensor, num_prefix: int) -> torch.Tensor:
+        """exp(i angle) for the angles (..., N, P) with ``num_prefix`` leading rows of angle 0 (the prefix
+        tokens are not rotated): one rotation over the whole sequence, no split and concat per layer."""
+        if num_prefix:
+            ang = torch.cat([ang.new_zeros(*ang.shape[:-2], num_prefix, ang.shape[-1]), ang], dim=-2)
+        return torch.polar(torch.ones_like(ang), ang)
 
     def extension(self, grid) -> float:
         """How much larger than the reference grid the test grid is (largest axis ratio, at least 1)."""
@@ -103,16 +103,16 @@ class RoPEAxial(_RoPEBase):
 
     def prepare(self, grid):
         self.check_grid(grid)
-        key = ('cos_sin', grid.shape, self.resolution_strategy)
+        key = ('rotation', grid.shape, self.resolution_strategy)
 
         def build():
-            ang = rope_axial_angles(self.coords(grid), self.scale_freqs(self.freqs, grid))
-            return ang.cos(), ang.sin()
-        cos, sin = self.cached(key, build)
-        return {'cos': cos, 'sin': sin, 'logit_scale': self.state_logit_scale(grid)}
+            return self.with_prefix(rope_axial_angles(self.coords(grid), self.scale_freqs(self.freqs, grid)),
+                                    grid.num_prefix)
+        return {'rot': self.cached(key + (grid.num_prefix,), build), 'logit_scale': self.state_logit_scale(grid)}
 
     def qk(self, q, k, ctx: PosContext, layer: int):
-        return self.rotate(q, k, ctx.state['cos'], ctx.state['sin'], ctx.grid.num_prefix)
+        rot = ctx.state['rot']
+        return rotate_pairs(q, rot), rotate_pairs(k, rot)
 
 
 @register_pos_encoding
@@ -138,8 +138,8 @@ class RoPEMixed(_RoPEBase):
     def prepare(self, grid):
         self.check_grid(grid)
         ang = rope_mixed_angles(self.coords(grid), self.scale_freqs(self.freqs, grid))  # (depth, heads, N, P)
-        return {'cos': ang.cos(), 'sin': ang.sin(), 'logit_scale': self.state_logit_scale(grid)}
+        return {'rot': self.with_prefix(ang, grid.num_prefix), 'logit_scale': self.state_logit_scale(grid)}
 
     def qk(self, q, k, ctx, layer):
-        i = layer if self.per_layer else 0
-        return self.rotate(q, k, ctx.state['cos'][i], ctx.state['sin'][i], ctx.grid.num_prefix)
+        rot = ctx.state['rot'][layer if self.per_layer else 0]
+        return rotate_pairs(q, rot), rotate_pairs(k, rot)
