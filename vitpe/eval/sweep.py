@@ -51,10 +51,15 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def check_resolutions(model, resolutions: Sequence[int]) -> None:
-    patch = model.patch_embed.patch_size
-    bad = [r for r in resolutions if any(r % p or r <= 0 for p in patch)]
+    """Every resolution must give a grid (the patch embedding's own check), reported all at once."""
+    bad = []
+    for r in resolutions:
+        try:
+            model.patch_embed.grid_for((r,) * model.patch_embed.rank)
+        except ValueError:
+            bad.append(r)
     if bad:
-        raise ValueError(f"resolutions {bad} are not divisible by the model's patch size {patch}")
+        raise ValueError(f"resolutions {bad} are not divisible by the model's patch size {model.patch_embed.patch_size}")
 
 
 @torch.no_grad()

@@ -10,9 +10,9 @@ from torch import nn
 from timm.layers import trunc_normal_
 
 from .base import PosContext, PositionalEncoding, check_choice, check_positive, register_pos_encoding
-from .functional import coord_grid, resample_table, sincos_embed
+from .functional import INTERPOLATIONS_2D, coord_grid, resample_table, sincos_embed
 
-INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'area')
+INTERPOLATIONS = INTERPOLATIONS_2D
 
 
 def add_to_patches(x: torch.Tensor, pos: torch.Tensor, num_prefix: int,

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-_INTERP_2D = ('bicubic', 'bilinear', 'nearest', 'area')
+INTERPOLATIONS_2D = ('bicubic', 'bilinear', 'nearest', 'area')
 _INTERP_3D = ('trilinear', 'nearest', 'area')
 
 
@@ -53,7 +53,7 @@ def resample_table(table: torch.Tensor, new_shape: Sequence[int], interpolation:
     rank = len(old_shape)
     if rank == 3 and interpolation in ('bicubic', 'bilinear'):
         interpolation = 'trilinear'
-    choices = _INTERP_2D if rank == 2 else _INTERP_3D
+    choices = INTERPOLATIONS_2D if rank == 2 else _INTERP_3D
     if interpolation not in choices:
         raise ValueError(f"interpolation={interpolation!r} is not available for a rank-{rank} table; "
                          f"expected one of {list(choices)}")
