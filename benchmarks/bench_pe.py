@@ -4,7 +4,8 @@ run, interleaved, against (1) the vitpe trunk with no scheme and (2) timm's own 
 same scheme where timm has one.
 
     python benchmarks/bench_pe.py --quick                 # ViT-S, 224 and 384, inference (< 10 min, 2 cores)
-    python benchmarks/bench_pe.py --models small base --sizes 224 384 512 --mem-sizes 1024 --modes infer train
+    python benchmarks/bench_pe.py --models small --sizes 224 384 512 --large-sizes 1024 --modes infer
+    python benchmarks/bench_pe.py --models small base --sizes 224 384 512 --modes infer train   # all of it (hours)
     python benchmarks/bench_pe.py --smoke --output bench.json   # seconds; for the test suite
 
 Prints a table of ratios (vitpe / reference; > 1 means vitpe is faster) and writes one JSON record per
@@ -27,6 +28,7 @@ import time
 from typing import Callable, Dict, List
 
 import torch
+from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import timm  # noqa: E402
@@ -34,6 +36,30 @@ import timm  # noqa: E402
 import vitpe  # noqa: E402
 
 SIZES = {'tiny': (192, 3), 'small': (384, 6), 'base': (768, 12)}
+
+
+def abswin_window(img: int, patch: int = 16) -> int:
+    """hiera tiles its window table a whole number of times: 7 or 8, whichever divides the grid, else the grid."""
+    grid = img // patch
+    return next(w for w in (7, 8, grid) if grid % w == 0)
+
+
+class TimmViTHieraAbsWin(timm.models.vision_transformer.VisionTransformer):
+    """The reference for abswin: timm's ViT trunk with timm hiera's window-absolute embedding
+    (``Hiera._pos_embed`` with abs_win_pos_embed; no timm ViT has it), on patch tokens, class token after."""
+
+    def __init__(self, window: int, **kwargs):
+        super().__init__(pos_embed='none', **kwargs)
+        grid = self.patch_embed.grid_size
+        self.pos_embed = nn.Parameter(torch.randn(1, self.embed_dim, *grid) * .02)  # hiera keeps NCHW
+        self.pos_embed_win = nn.Parameter(torch.randn(1, self.embed_dim, window, window) * .02)
+        self.mask_spatial_shape = [g // window for g in grid]
+
+    def _pos_embed(self, x):
+        x = timm.models.hiera.Hiera._pos_embed(self, x)
+        return self.pos_drop(torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1))
+
+
 # schemes timm implements, and how to build timm's model at the same size and options
 TIMM_REFS = {
     'ape': lambda size, img: timm.create_model(f'vit_{size}_patch16_224', img_size=img, num_classes=0),
@@ -43,9 +69,13 @@ TIMM_REFS = {
     'decomposed': lambda size, img: timm.models.vision_transformer_sam.VisionTransformerSAM(
         img_size=img, patch_size=16, embed_dim=SIZES[size][0], depth=12, num_heads=SIZES[size][1],
         use_abs_pos=False, use_rel_pos=True, window_size=0, neck_chans=0, num_classes=0, global_pool='avg'),
+    'abswin': lambda size, img: TimmViTHieraAbsWin(
+        abswin_window(img), img_size=img, patch_size=16, embed_dim=SIZES[size][0], depth=12,
+        num_heads=SIZES[size][1], num_classes=0),
 }
-# vitpe options that match the timm reference (timm's RoPE-ViT models use LayerScale)
-MATCH_TIMM = {'rope_axial': dict(init_values=1e-5), 'rope_mixed': dict(init_values=1e-5)}
+# vitpe options that match the timm reference (timm's RoPE-ViT models use LayerScale; hiera's window)
+MATCH_TIMM = {'rope_axial': lambda img: dict(init_values=1e-5), 'rope_mixed': lambda img: dict(init_values=1e-5),
+              'abswin': lambda img: dict(pos_enc_args=dict(window_size=abswin_window(img)))}
 
 
 class _MallInfo2(ctypes.Structure):
@@ -137,13 +167,13 @@ def build(scheme: str, size: str, img: int, device, timm_ref: bool = False, matc
     if timm_ref:
         model = TIMM_REFS[scheme](size, img)
     else:
-        kwargs = MATCH_TIMM.get(scheme, {}) if match_timm else {}
+        kwargs = MATCH_TIMM[scheme](img) if match_timm and scheme in MATCH_TIMM else {}
         model = timm.create_model(f'vitpe_{size}_patch16_224', pos_enc=scheme, img_size=img, num_classes=0, **kwargs)
     return model.to(device).train(False)
 
 
-def measure_group(models: Dict[str, torch.nn.Module], img: int, batch: int, mode: str, repeats: int, device,
-                  time_it: bool = True) -> Dict[str, Dict[str, float]]:
+def measure_group(models: Dict[str, torch.nn.Module], img: int, batch: int, mode: str, repeats: int,
+                  device) -> Dict[str, Dict[str, float]]:
     """Interleaved: every repeat runs each model once, in turn; medians per model."""
     x = torch.randn(batch, 3, img, img, device=device)
     steps = {}
@@ -152,13 +182,12 @@ def measure_group(models: Dict[str, torch.nn.Module], img: int, batch: int, mode
         steps[name] = make_step(model, x, mode, device)
         steps[name]()  # warm-up (and caches)
     times = {name: [] for name in models}
-    if time_it:
-        for _ in range(repeats):
-            for name, step in steps.items():
-                times[name].append(timed(step, device))
+    for _ in range(repeats):
+        for name, step in steps.items():
+            times[name].append(timed(step, device))
     mems = {name: peak_memory(step, device) for name, step in steps.items()}
-    return {name: {'imgs_per_s': batch / statistics.median(times[name]) if times[name] else float('nan'),
-                   'peak_mem_mb': mems[name]} for name in models}
+    return {name: {'imgs_per_s': batch / statistics.median(times[name]), 'peak_mem_mb': mems[name]}
+            for name in models}
 
 
 def attention_path(scheme: str, size: str, img: int, batch: int) -> str:
@@ -171,24 +200,26 @@ def run(args) -> List[dict]:
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     torch.manual_seed(0)
     records = []
-    plan = [(size, img, mode, True) for size in args.models for img in args.sizes for mode in args.modes]
-    plan += [(size, img, 'infer', False) for size in args.models for img in args.mem_sizes]
+    # (model size, image size, mode, batch, repeats); large sizes: inference at a small batch, few repeats
+    plan = [(size, img, mode, args.batch, args.repeats) for size in args.models for img in args.sizes
+            for mode in args.modes]
+    plan += [(size, img, 'infer', args.large_batch, args.large_repeats) for size in args.models
+             for img in args.large_sizes]
     total = len(plan) * len(args.schemes)
     done = 0
-    for size, img, mode, time_it in plan:
+    for size, img, mode, batch, repeats in plan:
         bare = build('none', size, img, device)
         for scheme in args.schemes:
             done += 1
-            print(f"[{done}/{total}] {size} {scheme} {img} {mode}{'' if time_it else ' (memory)'}", file=sys.stderr,
-                  flush=True)
+            print(f"[{done}/{total}] {size} {scheme} {img} {mode} batch {batch}", file=sys.stderr, flush=True)
             models = {'vitpe': build(scheme, size, img, device), 'none': bare}
             if args.timm and scheme in TIMM_REFS:
-                # against timm, vitpe runs with timm's options (LayerScale for RoPE-ViT)
+                # against timm, vitpe runs with timm's options (LayerScale for RoPE-ViT, hiera's window)
                 if scheme in MATCH_TIMM:
                     models['vitpe_as_timm'] = build(scheme, size, img, device, match_timm=True)
                 models['timm'] = build(scheme, size, img, device, timm_ref=True)
-            result = measure_group(models, img, args.batch, mode, args.repeats, device, time_it)
-            path = attention_path(scheme, size, img, args.batch)
+            result = measure_group(models, img, batch, mode, repeats, device)
+            path = attention_path(scheme, size, img, batch)
             for ref in [r for r in ('none', 'timm') if r in result]:
                 if ref == 'none' and scheme == 'none':
                     continue
@@ -196,10 +227,10 @@ def run(args) -> List[dict]:
                 theirs = result[ref]
                 records.append({
                     'scheme': scheme, 'model': f'vitpe_{size}_patch16_{scheme}_224', 'img_size': img,
-                    'batch': args.batch, 'mode': mode, 'device': str(device), 'timed': time_it,
+                    'batch': batch, 'mode': mode, 'device': str(device), 'repeats': repeats,
                     'imgs_per_s': ours['imgs_per_s'], 'peak_mem_mb': ours['peak_mem_mb'], 'ref': ref,
                     'ref_imgs_per_s': theirs['imgs_per_s'], 'ref_peak_mem_mb': theirs['peak_mem_mb'],
-                    'ratio': ours['imgs_per_s'] / theirs['imgs_per_s'] if time_it else float('nan'),
+                    'ratio': ours['imgs_per_s'] / theirs['imgs_per_s'],
                     'mem_ratio': ours['peak_mem_mb'] / max(theirs['peak_mem_mb'], 1e-6),
                     'attention_path': path,
                 })
@@ -208,7 +239,9 @@ def run(args) -> List[dict]:
 
 
 def growth(records: List[dict]) -> Dict[str, Dict[str, float]]:
-    """Exponent of time per image and of memory against the number of tokens, fitted over the sizes."""
+    """Exponent of time per image and of memory against the number of tokens, fitted (least squares in
+    log-log) over the inference sizes, next to the bare trunk's measured alongside. Memory is per batch:
+    sizes measured at another batch (the large sizes) are scaled to the main batch."""
     out = {}
     for scheme in sorted({r['scheme'] for r in records}):
         rows = [r for r in records if r['scheme'] == scheme and r['ref'] == 'none' and r['mode'] == 'infer']
@@ -221,30 +254,30 @@ def growth(records: List[dict]) -> Dict[str, Dict[str, float]]:
             mx = sum(p[0] for p in pairs) / len(pairs)
             my = sum(p[1] for p in pairs) / len(pairs)
             return sum((a - mx) * (b - my) for a, b in pairs) / sum((a - mx) ** 2 for a, _ in pairs)
-        timed = [r for r in rows if r['timed']]
         out[scheme] = {
-            'time_exp': fit([(r['img_size'], 1 / r['imgs_per_s']) for r in timed]),
-            'bare_time_exp': fit([(r['img_size'], 1 / r['ref_imgs_per_s']) for r in timed]),
-            'mem_exp': fit([(r['img_size'], r['peak_mem_mb']) for r in rows]),
-            'bare_mem_exp': fit([(r['img_size'], r['ref_peak_mem_mb']) for r in rows]),
+            'sizes': sorted({r['img_size'] for r in rows}),
+            'time_exp': fit([(r['img_size'], 1 / r['imgs_per_s']) for r in rows]),
+            'bare_time_exp': fit([(r['img_size'], 1 / r['ref_imgs_per_s']) for r in rows]),
+            'mem_exp': fit([(r['img_size'], r['peak_mem_mb'] / r['batch']) for r in rows]),
+            'bare_mem_exp': fit([(r['img_size'], r['ref_peak_mem_mb'] / r['batch']) for r in rows]),
         }
     return out
 
 
 def table(records: List[dict]) -> str:
-    lines = ['| scheme | model | size | mode | path | vitpe img/s | vs none | vs timm | mem MB | mem vs none |',
-             '|---|---|---|---|---|---|---|---|---|---|']
-    keys = sorted({(r['scheme'], r['model'], r['img_size'], r['mode'], r['timed']) for r in records},
-                  key=lambda k: (k[1].split('_')[1], k[2], k[3], k[0]))
-    for scheme, model, img, mode, timed_ in keys:
-        rs = {r['ref']: r for r in records if (r['scheme'], r['model'], r['img_size'], r['mode'], r['timed'])
-              == (scheme, model, img, mode, timed_)}
+    lines = ['| scheme | model | size | batch | mode | path | vitpe img/s | vs none | vs timm | mem MB | mem vs none |',
+             '|---|---|---|---|---|---|---|---|---|---|---|']
+    keys = sorted({(r['scheme'], r['model'], r['img_size'], r['batch'], r['mode']) for r in records},
+                  key=lambda k: (k[1].split('_')[1], k[2], k[4], k[0]))
+    for key in keys:
+        scheme, model, img, batch, mode = key
+        rs = {r['ref']: r for r in records if (r['scheme'], r['model'], r['img_size'], r['batch'], r['mode']) == key}
         any_r = next(iter(rs.values()))
-        fmt = lambda r: f"{r['ratio']:.2f}" if r and timed_ else '-'
-        ips = f"{any_r['imgs_per_s']:.1f}" if timed_ else '-'
+        ratio = lambda ref: f"{rs[ref]['ratio']:.2f}" if ref in rs else '-'
         mem_none = f"{rs['none']['mem_ratio']:.2f}" if 'none' in rs else '-'
-        lines.append(f"| {scheme} | {model.split('_')[1]} | {img} | {mode} | {any_r['attention_path']} | {ips} | "
-                     f"{fmt(rs.get('none'))} | {fmt(rs.get('timm'))} | {any_r['peak_mem_mb']:.0f} | {mem_none} |")
+        lines.append(f"| {scheme} | {model.split('_')[1]} | {img} | {batch} | {mode} | {any_r['attention_path']} | "
+                     f"{any_r['imgs_per_s']:.2f} | {ratio('none')} | {ratio('timm')} | {any_r['peak_mem_mb']:.0f} | "
+                     f"{mem_none} |")
     return '\n'.join(lines)
 
 
@@ -252,21 +285,24 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--models', nargs='+', default=['small', 'base'], choices=list(SIZES))
     ap.add_argument('--sizes', nargs='+', type=int, default=[224, 384, 512])
-    ap.add_argument('--mem-sizes', nargs='+', type=int, default=[1024], help='sizes measured for memory only')
+    ap.add_argument('--large-sizes', nargs='*', type=int, default=[1024],
+                    help='inference only, at --large-batch with --large-repeats (time and memory)')
+    ap.add_argument('--large-batch', type=int, default=1)
+    ap.add_argument('--large-repeats', type=int, default=1)
     ap.add_argument('--modes', nargs='+', default=['infer', 'train'], choices=['infer', 'train'])
     ap.add_argument('--schemes', nargs='+', default=vitpe.list_pos_encodings())
     ap.add_argument('--batch', type=int, default=8)
     ap.add_argument('--repeats', type=int, default=5)
     ap.add_argument('--no-timm', dest='timm', action='store_false', help='skip the timm references')
     ap.add_argument('--quick', action='store_true', help='ViT-S, 224 and 384, inference')
-    ap.add_argument('--smoke', action='store_true', help='seconds: tiny model, 64 px, 2 schemes')
+    ap.add_argument('--smoke', action='store_true', help='seconds: tiny model, 64 px (and 96 px large), 3 schemes')
     ap.add_argument('--output', default='bench.json')
     args = ap.parse_args(argv)
     if args.quick:
-        args.models, args.sizes, args.modes, args.mem_sizes, args.repeats = ['small'], [224, 384], ['infer'], [], 3
+        args.models, args.sizes, args.modes, args.large_sizes, args.repeats = ['small'], [224, 384], ['infer'], [], 3
     if args.smoke:
-        args.models, args.sizes, args.modes, args.mem_sizes = ['tiny'], [64], ['infer', 'train'], [96]
-        args.schemes, args.repeats, args.batch = ['ape', 'irpe'], 1, 2
+        args.models, args.sizes, args.modes, args.large_sizes = ['tiny'], [64], ['infer', 'train'], [96]
+        args.schemes, args.repeats, args.batch = ['ape', 'irpe', 'abswin'], 1, 2
     records = run(args)
     summary = {'records': records, 'growth': growth(records)}
     with open(args.output, 'w') as f:

@@ -24,13 +24,15 @@ def test_benchmark_smoke_writes_the_schema(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     records = data['records']
-    assert {(r['scheme'], r['ref']) for r in records} == {('ape', 'none'), ('ape', 'timm'), ('irpe', 'none')}
+    assert {(r['scheme'], r['ref']) for r in records} == {('ape', 'none'), ('ape', 'timm'), ('irpe', 'none'),
+                                                          ('abswin', 'none'), ('abswin', 'timm')}
     for r in records:
         assert RECORD_KEYS <= set(r)
         assert r['mode'] in ('infer', 'train') and r['ref'] in ('none', 'timm')
-        if r['timed']:
-            assert r['imgs_per_s'] > 0 and r['ratio'] == pytest.approx(r['imgs_per_s'] / r['ref_imgs_per_s'])
-    assert '| ape | tiny | 64 | infer |' in proc.stdout and 'growth' in data
+        assert r['imgs_per_s'] > 0 and r['ratio'] == pytest.approx(r['imgs_per_s'] / r['ref_imgs_per_s'])
+        assert r['batch'] == (1 if r['img_size'] == 96 else 2)
+    assert '| ape | tiny | 64 | 2 | infer |' in proc.stdout
+    assert data['growth']['ape']['sizes'] == [64, 96] and data['growth']['ape']['time_exp'] == data['growth']['ape']['time_exp']  # not NaN
 
 
 @pytest.mark.parametrize('scheme', vitpe.list_pos_encodings())
@@ -63,3 +65,28 @@ def test_bias_schemes_stay_within_1_5x_of_the_bare_trunk_at_1024():
         rec = peak(scheme)
         assert rec['attention_path'] == 'chunked'
         assert rec['peak_rise_mb'] <= 1.5 * bare['peak_rise_mb'], (scheme, rec, bare)
+
+
+# ------------------------------------------------------------------ contextual iRPE against gather-then-matmul
+sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+import bench_irpe  # noqa: E402
+
+
+@pytest.mark.parametrize('method,shared_head', [('product', True), ('cross', False), ('euclidean', True)])
+@pytest.mark.parametrize('on', ['k', 'v'])
+def test_irpe_matches_the_gather_then_matmul_formulation(on, method, shared_head):
+    pe, ctx, q, k, v, attn = bench_irpe.setup(on, 5, batch=2, heads=3, head_dim=8, method=method,
+                                              shared_head=shared_head)
+    fast, naive = bench_irpe.steps(on, pe, ctx, q, k, v, attn)
+    assert fast().shape == naive().shape == ((2, 3, 26, 26) if on == 'k' else (2, 3, 26, 8))
+    torch.testing.assert_close(fast(), naive(), atol=1e-5, rtol=1e-5)
+
+
+def test_irpe_benchmark_smoke(tmp_path):
+    out = tmp_path / 'irpe.json'
+    assert bench_irpe.main(['--smoke', '--output', str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert {r['on'] for r in records} == {'k', 'v'}
+    for r in records:
+        assert r['vitpe_ms'] > 0 and r['naive_ms'] > 0
+        assert r['speedup'] == pytest.approx(r['naive_ms'] / r['vitpe_ms'])
