@@ -91,3 +91,22 @@ def test_irpe_benchmark_smoke(tmp_path):
     for r in records:
         assert r['vitpe_ms'] > 0 and r['naive_ms'] > 0
         assert r['speedup'] == pytest.approx(r['naive_ms'] / r['vitpe_ms'])
+
+
+@pytest.mark.parametrize('scheme', vitpe.list_pos_encodings())
+def test_sdpa_gets_no_mask_unless_the_scheme_adds_a_bias(scheme, monkeypatch):
+    """Schemes without a bias keep SDPA's fused kernels: no attn_mask, path 'fused'."""
+    masks = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kwargs):
+        masks.append(attn_mask)
+        return sdpa(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention', spy)
+    m = timm.create_model('vitpe_tiny_patch16_224', pos_enc=scheme, depth=2, img_size=64, num_classes=0).eval()
+    with torch.no_grad():
+        m(torch.randn(1, 3, 64, 64))
+    adds_bias = scheme in ('irpe', 'decomposed')
+    assert len(masks) == 2 and all((mask is not None) == adds_bias for mask in masks)
+    assert m.blocks[0].attn.path_for(m.pos_enc, 1, 17) == ('bias' if adds_bias else 'fused')
