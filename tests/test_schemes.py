@@ -60,6 +60,20 @@ def test_bucket_ids_follow_the_methods():
             assert rows[i, j] == g_paper(dr) + 3
 
 
+@pytest.mark.parametrize('method', ['product', 'euclidean', 'cross'])
+def test_bucket_ids_by_offset_lookup_match_the_pairwise_formula_in_3d(method):
+    """Ids are looked up by offset; the same as the formula applied to every (query, key) pair."""
+    from vitpe.pe.functional import coord_grid, irpe_offset_buckets
+    shape = (3, 4, 5)
+    coords = coord_grid(shape)
+    direct = irpe_offset_buckets(coords[:, None] - coords[None], method, 1.9, 3.8, 15.2, axis=1)
+    rows = torch.tensor([0, 7, 33, 59])
+    torch.testing.assert_close(irpe_bucket_ids(shape, method, 1.9, 3.8, 15.2, axis=1), direct)
+    torch.testing.assert_close(irpe_bucket_ids(shape, method, 1.9, 3.8, 15.2, axis=1, rows=rows), direct[rows])
+    torch.testing.assert_close(irpe_bucket_ids(shape, method, 1.9, 3.8, 15.2, axis=1, rows=rows, keys_first=True),
+                               direct[:, rows])
+
+
 def test_contextual_on_keys_queries_values():
     pe = make('irpe', mode='contextual', method='product', on='qkv', shared_head=False)
     with torch.no_grad():
@@ -141,13 +155,13 @@ def test_lape_keeps_the_pe_out_of_the_residual_stream():
     raw, _ = m.patch_embed(x)
     torch.testing.assert_close(tokens[:, 1:], raw)
     # p_l = LN_l(p_{l-1}), chained from p_0 (table with a cls row)
-    p = pe.table.add(pe, torch.zeros(1, 21, 192), ctx.grid)
-    for layer in range(3):
+    p = p0 = pe.table.add(pe, torch.zeros(1, 21, 192), ctx.grid)
+    for layer in range(3):  # block l adds p_{l+1} (built when the block runs)
         p = pe.norms[layer](p)
-        torch.testing.assert_close(ctx.state['pe'][layer], p)
+        torch.testing.assert_close(pe.attn_input(torch.zeros(1, 21, 192), ctx, layer), p)
     # block 0 = x + Attn(LN_1(x) + p_1) + MLP, computed by hand
     blk = m.blocks[0]
-    h = blk.norm1(tokens) + ctx.state['pe'][0]
+    h = blk.norm1(tokens) + pe.norms[0](p0)
     qkv = blk.attn.qkv(h).reshape(1, 21, 3, 3, 64).permute(2, 0, 3, 1, 4)
     a = F.scaled_dot_product_attention(*qkv.unbind(0)).transpose(1, 2).reshape(1, 21, 192)
     y = tokens + blk.attn.proj(a)

@@ -150,31 +150,51 @@ def irpe_num_buckets(method: str, beta: float, rank: int = 2) -> int:
     return (2 * b + 1) ** rank if method == 'product' else 2 * b + 1
 
 
-def irpe_bucket_ids(shape: Sequence[int], method: str, alpha: float, beta: float, gamma: float,
-                    device=None, axis: Optional[int] = None, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """(rows, N) bucket ids of (query, key) pairs of patch tokens for an iRPE method; ``rows`` are flat
-    query indices (all N when None), so large grids can be done a chunk of queries at a time.
+def irpe_offset_buckets(diff: torch.Tensor, method: str, alpha: float, beta: float, gamma: float,
+                        axis: Optional[int] = None) -> torch.Tensor:
+    """Bucket id of each offset ``diff`` (..., rank) = query coordinates - key coordinates.
 
     euclidean: g(round(|d|)); quant: g(|d|^2); product: mixed-radix over axes of g(d_a) + beta;
     cross: g(d_axis) for the one ``axis`` (the caller sums one table per axis).
     Non-product ids are shifted by beta so that they start at 0, as in the reference code."""
-    coords = coord_grid(shape, device=device)
-    q_coords = coords if rows is None else coords[rows]
-    diff = q_coords[:, None, :] - coords[None, :, :]
     b = int(beta)
     if method == 'euclidean':
-        ids = piecewise_index(diff.square().sum(-1).sqrt().round(), alpha, beta, gamma) + b
-    elif method == 'quant':
-        ids = piecewise_index(diff.square().sum(-1), alpha, beta, gamma) + b
-    elif method == 'cross':
-        ids = piecewise_index(diff[..., axis], alpha, beta, gamma) + b
-    elif method == 'product':
-        ids = torch.zeros(diff.shape[:2], dtype=torch.long, device=device)
-        for a in range(len(shape)):
+        return piecewise_index(diff.square().sum(-1).sqrt().round(), alpha, beta, gamma) + b
+    if method == 'quant':
+        return piecewise_index(diff.square().sum(-1), alpha, beta, gamma) + b
+    if method == 'cross':
+        return piecewise_index(diff[..., axis], alpha, beta, gamma) + b
+    if method == 'product':
+        ids = torch.zeros(diff.shape[:-1], dtype=torch.long, device=diff.device)
+        for a in range(diff.shape[-1]):
             ids = ids * (2 * b + 1) + piecewise_index(diff[..., a], alpha, beta, gamma) + b
-    else:
-        raise ValueError(f"irpe: unknown method {method!r}; expected one of {list(IRPE_METHODS)}")
-    return ids
+        return ids
+    raise ValueError(f"irpe: unknown method {method!r}; expected one of {list(IRPE_METHODS)}")
+
+
+def irpe_bucket_ids(shape: Sequence[int], method: str, alpha: float, beta: float, gamma: float,
+                    device=None, axis: Optional[int] = None, rows: Optional[torch.Tensor] = None,
+                    keys_first: bool = False) -> torch.Tensor:
+    """(rows, N) bucket ids of (query, key) pairs of patch tokens for an iRPE method; ``rows`` are flat
+    query indices (all N when None), so large grids can be done a chunk of queries at a time. With
+    ``keys_first`` the result is (N, rows): the bucket of (key j as query, query i as key), i.e. of
+    the offset k_j - q_i (iRPE on queries).
+
+    The bucket depends on the offset only, so ids are computed once for the (2S-1)^rank offsets
+    (``irpe_offset_buckets``) and looked up: the flat offset index of (i, j) is lin(i) - lin(j) + centre,
+    lin being the row-major index in the (2S-1)^rank offset grid, linear in the coordinates."""
+    offsets = coord_grid([2 * s - 1 for s in shape], device=device) - torch.tensor(
+        [s - 1 for s in shape], device=device, dtype=torch.float32)
+    table = irpe_offset_buckets(offsets, method, alpha, beta, gamma, axis)
+    strides = [1] * len(shape)
+    for a in range(len(shape) - 2, -1, -1):
+        strides[a] = strides[a + 1] * (2 * shape[a + 1] - 1)
+    lin = (coord_grid(shape, device=device, dtype=torch.long) * torch.tensor(strides, device=device)).sum(-1)
+    centre = sum((s - 1) * st for s, st in zip(shape, strides))
+    q_lin = lin if rows is None else lin[rows]
+    if keys_first:
+        return table[(lin + centre)[:, None] - q_lin[None, :]]
+    return table[(q_lin + centre)[:, None] - lin[None, :]]
 
 
 def relative_index(size_q: int, size_k: int) -> torch.Tensor:

@@ -75,15 +75,22 @@ class IRPE(PositionalEncoding):
             return self.cached(('ids', grid.shape, grid.num_prefix), lambda: self._bucket_ids(grid, slice(None)))[:, rows]
         return self._bucket_ids(grid, rows)
 
-    def _bucket_ids(self, grid, rows: slice) -> torch.Tensor:
+    def _bucket_ids(self, grid, rows: slice, keys_first: bool = False) -> torch.Tensor:
+        """(axes, rows, N), or (axes, N, rows) with ``keys_first`` (bucket of key j against query i)."""
         p, n = grid.num_prefix, grid.num_tokens
         idx = torch.arange(n, device=self.scheme.device)[rows]
         patch = idx >= p
         axes = range(grid.rank) if self.method == 'cross' else [None]
         out = torch.full((len(axes), len(idx), n), self.prefix_bucket, dtype=torch.long, device=self.scheme.device)
+        if keys_first:
+            out = out.transpose(1, 2)
         for i, a in enumerate(axes):
-            out[i, patch, p:] = irpe_bucket_ids(grid.shape, self.method, self.alpha, self.beta, self.gamma,
-                                                device=self.scheme.device, axis=a, rows=idx[patch] - p)
+            ids = irpe_bucket_ids(grid.shape, self.method, self.alpha, self.beta, self.gamma,
+                                  device=self.scheme.device, axis=a, rows=idx[patch] - p, keys_first=keys_first)
+            if keys_first:
+                out[i, p:, patch] = ids
+            else:
+                out[i, patch, p:] = ids
         return out
 
     def prepare(self, grid):
@@ -95,14 +102,15 @@ class IRPE(PositionalEncoding):
 
         Contextual: x against every bucket once, (B, H, rows, buckets), then a gather by bucket id
         (the reference's efficient path; no (rows, cols, d) tensor is formed)."""
-        out = 0
+        out = None
         for a in range(ids.shape[0]):
             idx = ids[a]
             if self.mode == 'bias':
-                out = out + table[a][:, idx].unsqueeze(0)  # (1, H|1, rows, cols)
+                enc = table[a][:, idx].unsqueeze(0)  # (1, H|1, rows, cols)
             else:
                 per_bucket = (x * scale) @ table[a].to(x.dtype)  # (B, H, rows, buckets)
-                out = out + per_bucket.gather(-1, idx.expand(*per_bucket.shape[:2], *idx.shape))
+                enc = per_bucket.gather(-1, idx.expand(*per_bucket.shape[:2], *idx.shape))
+            out = enc if out is None else out + enc
         return out
 
     def bias(self, q, k, ctx, layer, rows=slice(None)):
@@ -120,26 +128,7 @@ class IRPE(PositionalEncoding):
         """(axes, N, rows): bucket of (key j, query i) for every key j and the query ``rows``."""
         if grid.num_tokens <= self.cache_tokens:
             return self.bucket_ids(grid)[:, :, rows]
-        # bucket(j, i) = bucket of the offset -(i - j): mirror the offsets through the grid
-        return self._bucket_ids_mirrored(grid, rows)
-
-    def _bucket_ids_mirrored(self, grid, rows: slice) -> torch.Tensor:
-        # g is odd (g(-x) = -g(x)), so for product / cross ids the mirrored offset flips each axis' digit
-        ids = self._bucket_ids(grid, rows)
-        if self.method in ('euclidean', 'quant'):
-            flipped = ids  # symmetric in the offset
-        else:
-            b = int(self.beta)
-            digits, radix, value = [], 2 * b + 1, ids.clone()
-            nd = grid.rank if self.method == 'product' else 1
-            for _ in range(nd):
-                digits.append(value % radix)
-                value = value // radix
-            flipped = 0
-            for d in reversed(digits):
-                flipped = flipped * radix + (2 * b - d)
-            flipped = torch.where(ids == self.prefix_bucket, ids, flipped)
-        return flipped.transpose(1, 2)
+        return self._bucket_ids(grid, rows, keys_first=True)
 
     def value(self, out, v, attn, ctx, layer, rows=slice(None)):
         ids = self.bucket_ids(ctx.grid, rows)

@@ -37,11 +37,13 @@ class LayerAdaptivePE(PositionalEncoding):
 
     def prepare(self, grid):
         self.check_grid(grid)
-        pe, per_layer = self.initial(grid), []
-        for norm in self.norms:
-            pe = norm(pe)
-            per_layer.append(pe)
-        return {'pe': per_layer}
+        return {'pe': [self.initial(grid)]}  # p_0; p_l is appended when block l runs
 
     def attn_input(self, h, ctx, layer):
-        return h + ctx.state['pe'][layer].to(h.dtype)
+        chain = ctx.state['pe']
+        while len(chain) <= layer + 1:
+            chain.append(self.norms[len(chain) - 1](chain[-1]))  # p_l = LN_pe^l(p_{l-1})
+        pe = chain[layer + 1]
+        if not torch.is_grad_enabled():
+            chain[layer] = None  # without autograd, earlier p's are no longer needed
+        return h + pe.to(h.dtype)

@@ -137,9 +137,13 @@ class RoPEMixed(_RoPEBase):
 
     def prepare(self, grid):
         self.check_grid(grid)
-        ang = rope_mixed_angles(self.coords(grid), self.scale_freqs(self.freqs, grid))  # (depth, heads, N, P)
-        return {'rot': self.with_prefix(ang, grid.num_prefix), 'logit_scale': self.state_logit_scale(grid)}
+        # the rotation of each layer is built in ``qk`` when the layer runs, so inference holds one
+        # layer's (heads, N, P) rotation at a time instead of all depth x heads x N x P at once
+        return {'coords': self.coords(grid), 'freqs': self.scale_freqs(self.freqs, grid),
+                'num_prefix': grid.num_prefix, 'logit_scale': self.state_logit_scale(grid)}
 
     def qk(self, q, k, ctx, layer):
-        rot = ctx.state['rot'][layer if self.per_layer else 0]
+        state = ctx.state
+        ang = rope_mixed_angles(state['coords'], state['freqs'][:, layer if self.per_layer else 0])  # (heads, N, P)
+        rot = self.with_prefix(ang, state['num_prefix'])
         return rotate_pairs(q, rot), rotate_pairs(k, rot)
