@@ -227,7 +227,7 @@ def test_rope_mixed_3d_and_rope_grid_rank():
                                             ('decomposed', dict(zero_init=False))])
 def test_bias_schemes_in_row_chunks_match_the_full_bias(scheme, options):
     """Large grids run attention a chunk of query rows at a time (iRPE also computes its bucket ids per
-    chunk, mirrored for queries): the same numbers as one full bias."""
+    chunk, keys first for iRPE on queries): the same numbers as one full bias."""
     from vitpe.layers import Attention
     m = timm.create_model('vitpe_tiny_patch16_224', pos_enc=scheme, num_classes=0, depth=2,
                           pos_enc_args=options).eval()

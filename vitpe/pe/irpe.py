@@ -12,6 +12,8 @@ learned encoding. Per block and per target:
 Contextual encodings are computed once per bucket (q against the table, (N, buckets)) and then
 gathered to (N, N); value encodings aggregate the attention per bucket first (scatter-add), then
 multiply by the table. Prefix tokens share one extra bucket, as the reference's ``skip`` tokens.
+Bucket ids depend on the offset only: they are computed for the (2S-1)^rank offsets and looked up
+per pair (cached for grids up to ``cache_tokens``, else per chunk of query rows).
 """
 from __future__ import annotations
 
