@@ -240,8 +240,8 @@ def run(args) -> List[dict]:
 
 def growth(records: List[dict]) -> Dict[str, Dict[str, float]]:
     """Exponent of time per image and of memory against the number of tokens, fitted (least squares in
-    log-log) over the inference sizes, next to the bare trunk's measured alongside. Memory is per batch:
-    sizes measured at another batch (the large sizes) are scaled to the main batch."""
+    log-log) over the inference sizes, next to the bare trunk's measured alongside. Memory per image
+    (the peak rise divided by the batch), as the large sizes run at another batch."""
     out = {}
     for scheme in sorted({r['scheme'] for r in records}):
         rows = [r for r in records if r['scheme'] == scheme and r['ref'] == 'none' and r['mode'] == 'infer']

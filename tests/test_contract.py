@@ -107,3 +107,25 @@ def test_video_trunk_every_scheme(scheme):
     assert feats[0].shape == (2, 96, 3, 3, 5)
     m.forward_features(x).square().mean().backward()
     assert all(p.grad is not None for p in m.pos_enc.parameters())
+
+
+@pytest.mark.parametrize('scheme', vitpe.list_pos_encodings())
+def test_gradient_checkpointing_gives_the_same_gradients(scheme):
+    """set_grad_checkpointing recomputes blocks in the backward pass: the same loss and gradients,
+    scheme parameters included."""
+    torch.manual_seed(0)
+    m = timm.create_model('vitpe_tiny_patch16_224', pos_enc=scheme, depth=2, img_size=64, num_classes=3)
+    with torch.no_grad():
+        for p in m.pos_enc.parameters():
+            p.normal_(0, 0.1)
+    x = torch.randn(2, 3, 64, 64)
+    grads = []
+    for ckpt in (False, True):
+        m.set_grad_checkpointing(ckpt)
+        m.zero_grad()
+        m(x).square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+    learned = any(True for _ in m.pos_enc.parameters())
+    assert grads[0].keys() == grads[1].keys() and any(n.startswith('pos_enc.') for n in grads[0]) == learned
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], msg=n)

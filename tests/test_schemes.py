@@ -167,6 +167,10 @@ def test_lape_keeps_the_pe_out_of_the_residual_stream():
     y = tokens + blk.attn.proj(a)
     y = y + blk.mlp(blk.norm2(y))
     torch.testing.assert_close(blk(tokens, ctx), y)
+    # without autograd the chain is built block by block (and earlier p's dropped): the same output
+    with torch.no_grad():
+        lazy = m(x)
+    torch.testing.assert_close(lazy, m(x))
 
 
 # ------------------------------------------------------------------------------------------------ Fourier

@@ -37,13 +37,15 @@ class LayerAdaptivePE(PositionalEncoding):
 
     def prepare(self, grid):
         self.check_grid(grid)
-        return {'pe': [self.initial(grid)]}  # p_0; p_l is appended when block l runs
+        chain = [self.initial(grid)]  # p_0
+        if torch.is_grad_enabled():  # with autograd: the whole chain here, outside any checkpointed block
+            for norm in self.norms:
+                chain.append(norm(chain[-1]))  # p_l = LN_pe^l(p_{l-1})
+        return {'pe': chain}
 
     def attn_input(self, h, ctx, layer):
         chain = ctx.state['pe']
-        while len(chain) <= layer + 1:
-            chain.append(self.norms[len(chain) - 1](chain[-1]))  # p_l = LN_pe^l(p_{l-1})
-        pe = chain[layer + 1]
-        if not torch.is_grad_enabled():
-            chain[layer] = None  # without autograd, earlier p's are no longer needed
-        return h + pe.to(h.dtype)
+        while len(chain) <= layer + 1:  # without autograd: p_l built when block l runs, p_{l-1} dropped
+            chain.append(self.norms[len(chain) - 1](chain[-1]))
+            chain[-2] = None
+        return h + chain[layer + 1].to(h.dtype)
