@@ -3,7 +3,7 @@ table resampling. Every function takes the grid shape as a tuple of any rank ((T
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -172,17 +172,12 @@ def irpe_offset_buckets(diff: torch.Tensor, method: str, alpha: float, beta: flo
     raise ValueError(f"irpe: unknown method {method!r}; expected one of {list(IRPE_METHODS)}")
 
 
-def irpe_bucket_ids(shape: Sequence[int], method: str, alpha: float, beta: float, gamma: float,
-                    device=None, axis: Optional[int] = None, rows: Optional[torch.Tensor] = None,
-                    keys_first: bool = False) -> torch.Tensor:
-    """(rows, N) bucket ids of (query, key) pairs of patch tokens for an iRPE method; ``rows`` are flat
-    query indices (all N when None), so large grids can be done a chunk of queries at a time. With
-    ``keys_first`` the result is (N, rows): the bucket of (key j as query, query i as key), i.e. of
-    the offset k_j - q_i (iRPE on queries).
-
-    The bucket depends on the offset only, so ids are computed once for the (2S-1)^rank offsets
-    (``irpe_offset_buckets``) and looked up: the flat offset index of (i, j) is lin(i) - lin(j) + centre,
-    lin being the row-major index in the (2S-1)^rank offset grid, linear in the coordinates."""
+def irpe_offset_lookup(shape: Sequence[int], method: str, alpha: float, beta: float, gamma: float, device=None,
+                       axis: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """(table, lin, centre) for ``irpe_bucket_ids``. The bucket depends on the offset only, so it is
+    computed once for each of the (2S-1)^rank offsets (``table``, flat, row major). ``lin`` is each
+    cell's row-major index in that offset grid; being linear in the coordinates, the offset of the pair
+    (i, j) sits at table[lin[i] - lin[j] + centre]."""
     offsets = coord_grid([2 * s - 1 for s in shape], device=device) - torch.tensor(
         [s - 1 for s in shape], device=device, dtype=torch.float32)
     table = irpe_offset_buckets(offsets, method, alpha, beta, gamma, axis)
@@ -190,7 +185,19 @@ def irpe_bucket_ids(shape: Sequence[int], method: str, alpha: float, beta: float
     for a in range(len(shape) - 2, -1, -1):
         strides[a] = strides[a + 1] * (2 * shape[a + 1] - 1)
     lin = (coord_grid(shape, device=device, dtype=torch.long) * torch.tensor(strides, device=device)).sum(-1)
-    centre = sum((s - 1) * st for s, st in zip(shape, strides))
+    return table, lin, sum((s - 1) * st for s, st in zip(shape, strides))
+
+
+def irpe_bucket_ids(shape: Sequence[int], method: str, alpha: float, beta: float, gamma: float,
+                    device=None, axis: Optional[int] = None, rows: Optional[torch.Tensor] = None,
+                    keys_first: bool = False, lookup: Optional[tuple] = None) -> torch.Tensor:
+    """(rows, N) bucket ids of (query, key) pairs of patch tokens for an iRPE method; ``rows`` are flat
+    query indices (all N when None), so large grids can be done a chunk of queries at a time. With
+    ``keys_first`` the result is (N, rows): the bucket of (key j as query, query i as key), i.e. of
+    the offset k_j - q_i (iRPE on queries). Ids are looked up by offset (``irpe_offset_lookup``; pass
+    ``lookup`` to reuse one for the same grid, method and axis)."""
+    table, lin, centre = lookup if lookup is not None else irpe_offset_lookup(
+        shape, method, alpha, beta, gamma, device, axis)
     q_lin = lin if rows is None else lin[rows]
     if keys_first:
         return table[(lin + centre)[:, None] - q_lin[None, :]]

@@ -13,7 +13,8 @@ Contextual encodings are computed once per bucket (q against the table, (N, buck
 gathered to (N, N); value encodings aggregate the attention per bucket first (scatter-add), then
 multiply by the table. Prefix tokens share one extra bucket, as the reference's ``skip`` tokens.
 Bucket ids depend on the offset only: they are computed for the (2S-1)^rank offsets and looked up
-per pair (cached for grids up to ``cache_tokens``, else per chunk of query rows).
+per pair (the offset table cached per grid; the (N, N) ids cached for grids up to ``cache_tokens``,
+else looked up per chunk of query rows).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from .base import PositionalEncoding, check_choice, check_positive, register_pos_encoding
-from .functional import IRPE_METHODS, irpe_bucket_ids, irpe_num_buckets
+from .functional import IRPE_METHODS, irpe_bucket_ids, irpe_num_buckets, irpe_offset_lookup
 
 IRPE_MODES = ('bias', 'contextual')
 IRPE_TARGETS = ('k', 'q', 'v', 'qk', 'kv', 'qv', 'qkv')
@@ -87,8 +88,10 @@ class IRPE(PositionalEncoding):
         if keys_first:
             out = out.transpose(1, 2)
         for i, a in enumerate(axes):
-            ids = irpe_bucket_ids(grid.shape, self.method, self.alpha, self.beta, self.gamma,
-                                  device=self.scheme.device, axis=a, rows=idx[patch] - p, keys_first=keys_first)
+            lookup = self.cached(('lookup', grid.shape, a), lambda: irpe_offset_lookup(
+                grid.shape, self.method, self.alpha, self.beta, self.gamma, device=self.scheme.device, axis=a))
+            ids = irpe_bucket_ids(grid.shape, self.method, self.alpha, self.beta, self.gamma, axis=a,
+                                  rows=idx[patch] - p, keys_first=keys_first, lookup=lookup)
             if keys_first:
                 out[i, p:, patch] = ids
             else:
