@@ -156,7 +156,7 @@ def test_lape_keeps_the_pe_out_of_the_residual_stream():
     torch.testing.assert_close(tokens[:, 1:], raw)
     # p_l = LN_l(p_{l-1}), chained from p_0 (table with a cls row)
     p = p0 = pe.table.add(pe, torch.zeros(1, 21, 192), ctx.grid)
-    for layer in range(3):  # block l adds p_{l+1} (built when the block runs)
+    for layer in range(3):  # block l adds p_{l+1}
         p = pe.norms[layer](p)
         torch.testing.assert_close(pe.attn_input(torch.zeros(1, 21, 192), ctx, layer), p)
     # block 0 = x + Attn(LN_1(x) + p_1) + MLP, computed by hand
