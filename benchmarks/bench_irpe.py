@@ -11,22 +11,24 @@ then one product with the table. Both give the same numbers (checked here before
     python benchmarks/bench_irpe.py                         # ViT-S heads, batch 8, 224 / 384 / 512 grids
     python benchmarks/bench_irpe.py --smoke --output irpe.json
 
-Prints a table (ms per layer, ratio naive / vitpe: > 1 means vitpe is faster) and writes JSON records.
+Time: the best of interleaved repeats (``bench_pe.best_times``). Prints a table (ms per layer, ratio
+naive / vitpe: > 1 means vitpe is faster) and writes JSON records.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import vitpe  # noqa: E402
 from vitpe.pe.base import Grid, PosContext  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_pe import best_times  # noqa: E402  (one timing rule for both benchmarks)
 
 
 def naive_key_bias(q: torch.Tensor, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -76,18 +78,6 @@ def steps(on: str, pe, ctx, q, k, v, attn):
     return (lambda: pe.value(out, v, attn, ctx, 0)), (lambda: naive_value(out, attn, pe.v_table[0], ids))
 
 
-def measure(fns, repeats: int):
-    times = {name: [] for name in fns}
-    for fn in fns.values():
-        fn()  # warm-up
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def run(args):
     records = []
     for img in args.sizes:
@@ -97,7 +87,7 @@ def run(args):
             fast, naive = steps(on, pe, ctx, q, k, v, attn)
             with torch.no_grad():
                 torch.testing.assert_close(fast(), naive(), atol=1e-4, rtol=1e-4)
-                t = measure({'vitpe': fast, 'naive': naive}, args.repeats)
+                t = best_times({'vitpe': fast, 'naive': naive}, args.repeats, torch.device('cpu'))
             print(f"{img} px, on={on}: vitpe {t['vitpe'] * 1e3:.1f} ms, naive {t['naive'] * 1e3:.1f} ms",
                   file=sys.stderr, flush=True)
             records.append({'img_size': img, 'tokens': ctx.grid.num_tokens, 'on': on, 'batch': args.batch,

@@ -173,21 +173,27 @@ def build(scheme: str, size: str, img: int, device, timm_ref: bool = False, matc
 
 def measure_group(models: Dict[str, torch.nn.Module], img: int, batch: int, mode: str, repeats: int,
                   device) -> Dict[str, Dict[str, float]]:
-    """Interleaved: every repeat runs each model once, in turn. Time: the best of the repeats per model
-    (as ``timeit``: slower repeats measure interference from the machine, not the code)."""
+    """Images per second (``best_times``: interleaved, best repeat) and peak memory of each model."""
     x = torch.randn(batch, 3, img, img, device=device)
     steps = {}
     for name, model in models.items():
         model.train(mode == 'train')
         steps[name] = make_step(model, x, mode, device)
-        steps[name]()  # warm-up (and caches)
-    times = {name: [] for name in models}
+    best = best_times(steps, repeats, device)
+    mems = {name: peak_memory(step, device) for name, step in steps.items()}
+    return {name: {'imgs_per_s': batch / best[name], 'peak_mem_mb': mems[name]} for name in models}
+
+
+def best_times(steps: Dict[str, Callable[[], object]], repeats: int, device) -> Dict[str, float]:
+    """Seconds per step, each step warmed up once, then run in turn ``repeats`` times (interleaved);
+    the best repeat per step (as ``timeit``: slower repeats measure interference from the machine)."""
+    for step in steps.values():
+        step()  # warm-up (and caches)
+    times = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
             times[name].append(timed(step, device))
-    mems = {name: peak_memory(step, device) for name, step in steps.items()}
-    return {name: {'imgs_per_s': batch / min(times[name]), 'peak_mem_mb': mems[name]}
-            for name in models}
+    return {name: min(t) for name, t in times.items()}
 
 
 def attention_path(scheme: str, size: str, img: int, batch: int) -> str:
