@@ -107,6 +107,10 @@ def test_sdpa_gets_no_mask_unless_the_scheme_adds_a_bias(scheme, monkeypatch):
     m = timm.create_model('vitpe_tiny_patch16_224', pos_enc=scheme, depth=2, img_size=64, num_classes=0).eval()
     with torch.no_grad():
         m(torch.randn(1, 3, 64, 64))
-    adds_bias = scheme in ('irpe', 'decomposed')
+    adds_bias = m.pos_enc.uses('bias')  # declared by the scheme
+    if scheme in ('irpe', 'decomposed'):
+        assert adds_bias
+    if scheme in ('none', 'ape', 'sincos', 'rope_axial', 'rope_mixed', 'cpe', 'lepe'):
+        assert not adds_bias
     assert len(masks) == 2 and all((mask is not None) == adds_bias for mask in masks)
     assert m.blocks[0].attn.path_for(m.pos_enc, 1, 17) == ('bias' if adds_bias else 'fused')

@@ -3,7 +3,7 @@ import pytest
 import timm
 import torch
 
-from vitpe.pe.functional import resample_table
+from vitpe.pe.common import resample_table
 
 
 @pytest.mark.parametrize('name', ['vitpe_tiny_patch16_ape_224', 'vitpe_tiny_patch16_abswin_224',

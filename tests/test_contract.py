@@ -7,20 +7,21 @@ import vitpe
 
 MODELS = timm.list_models('vitpe_*')
 SIZES = [(224, 224), (160, 160), (320, 320), (224, 320)]
+SIZES_IMG = {'micro': 64, 'tiny': 224, 'small': 224, 'base': 224}
 
 
 def test_every_model_is_listed():
+    """The zoo is derived from the registry: every zoo entry a scheme declares, at every size it names."""
     assert sorted(MODELS) == vitpe.list_models()
-    schemes = set(vitpe.list_pos_encodings())
-    assert schemes == {'none', 'ape', 'sincos', 'rope_axial', 'rope_mixed', 'irpe', 'cpe', 'lepe', 'lape',
-                       'abswin', 'fourier', 'decomposed'}
-    for size in ('tiny', 'small', 'base'):
-        for s in schemes:
-            assert f'vitpe_{size}_patch16_{s}_224' in MODELS
-        assert f'vitpe_{size}_patch16_224' in MODELS
-    for size in ('small', 'base'):
-        for s in ('rope_axial_ape', 'rope_mixed_ape'):
-            assert f'vitpe_{size}_patch16_{s}_224' in MODELS
+    expected = {f'vitpe_{size}_patch16_{SIZES_IMG[size]}' for size in SIZES_IMG}
+    for scheme in vitpe.list_pos_encodings():
+        for entry in vitpe.pe.get_pos_encoding_class(scheme).zoo:
+            expected |= {f'vitpe_{size}_patch16_{entry.suffix}_{SIZES_IMG[size]}' for size in entry.sizes}
+    assert expected == set(MODELS)
+    # the families users and papers name
+    for name in ('vitpe_small_patch16_rope_mixed_224', 'vitpe_base_patch16_rope_axial_ape_224',
+                 'vitpe_tiny_patch16_irpe_ape_224', 'vitpe_micro_patch16_decomposed_64'):
+        assert name in MODELS
 
 
 @pytest.mark.parametrize('name', MODELS)
@@ -40,17 +41,18 @@ def test_model_contract(name, tmp_path):
 
     # forward_intermediates: NCHW and NLC, any grid
     x = torch.randn(2, 3, 160, 224)
-    final, feats = model.forward_intermediates(x, indices=(3, 7, 11))
+    depth = len(model.blocks)
+    final, feats = model.forward_intermediates(x, indices=(depth // 4, depth // 2, depth - 1))
     assert final.shape == (2, 1 + 140, model.embed_dim)
     assert [f.shape for f in feats] == [(2, model.embed_dim, 10, 14)] * 3
     nlc = model.forward_intermediates(x, indices=2, output_fmt='NLC', intermediates_only=True, stop_early=True)
     assert [f.shape for f in nlc] == [(2, 140, model.embed_dim)] * 2
 
-    # a 224 checkpoint loads strictly into a 320 model
+    # a checkpoint at the reference size loads strictly into a model at a larger one
     ckpt = tmp_path / 'ckpt.pth'
     torch.save(model.state_dict(), ckpt)
     big = timm.create_model(name, num_classes=7, img_size=320)
-    big.load_state_dict(torch.load(ckpt), strict=True)
+    big.load_state_dict(torch.load(ckpt, weights_only=True), strict=True)
     assert torch.isfinite(big(torch.randn(1, 3, 320, 320))).all()
 
 

@@ -44,7 +44,7 @@ def test_unknown_scheme():
     ('rope_mixed', dict(theta=0), "rope_mixed: invalid theta=0"),
     ('abswin', dict(window_size=(3, 0)), r"abswin: invalid window_size=\(3, 0\)"),
     ('fourier', dict(num_features=7), "fourier: invalid num_features=7"),
-    ('fourier', dict(groups=5), "fourier: invalid groups=5"),
+    ('fourier', dict(feature_sets=5), "fourier: invalid feature_sets=5"),
     ('decomposed', dict(zero_init='yes'), "decomposed: invalid zero_init='yes'"),
     ('ape', dict(interpolation='spline'), "invalid interpolation='spline'"),
     ('ape', dict(colour='red'), r"ape: unknown option\(s\) \['colour'\]"),
@@ -71,3 +71,30 @@ def test_bad_trunk_options():
 def test_rope_head_dim_must_split_over_axes():
     with pytest.raises(ValueError, match="rope_axial: head_dim=20 must be divisible by 6 for a rank-3 grid"):
         vitpe.create_pos_encoding('rope_axial', dim=40, num_heads=2, depth=1, grid_size=(2, 4, 4))
+
+
+def test_a_scheme_must_declare_the_hooks_it_overrides():
+    from torch import nn
+    from vitpe.pe import PositionalEncoding, register_pos_encoding
+
+    class Undeclared(PositionalEncoding):
+        name = 'undeclared_bias'
+
+        def bias(self, q, k, ctx, layer, rows=slice(None)):
+            return None
+
+    class Unimplemented(PositionalEncoding):
+        name = 'unimplemented_tokens'
+        hooks = frozenset({'tokens', 'qk'})
+
+        def tokens(self, x, ctx):
+            return x
+
+    for cls, message in ((Undeclared, r"hooks declared \[\] but overridden \['bias'\]"),
+                         (Unimplemented, r"hooks declared \['qk', 'tokens'\] but overridden \['tokens'\]")):
+        with pytest.raises(TypeError, match=message):
+            register_pos_encoding(cls)
+    assert 'undeclared_bias' not in vitpe.list_pos_encodings()
+    with pytest.raises(ValueError, match="registered twice"):
+        register_pos_encoding(type('Again', (PositionalEncoding,), {'name': 'ape'}))
+    assert isinstance(vitpe.pe.get_pos_encoding_class('ape')(dim=8, num_heads=2, depth=1, grid_size=(2, 2)), nn.Module)

@@ -10,8 +10,9 @@ from timm.models.vision_transformer_sam import get_decomposed_rel_pos_bias
 
 import vitpe
 from vitpe.pe import Grid
-from vitpe.pe.functional import coord_grid, resample_table, rope_axial_angles, rope_axial_freqs, rope_mixed_angles
-from vitpe.pe.relative import decomposed_bias
+from vitpe.pe.common import coord_grid, resample_table
+from vitpe.pe.decomposed import decomposed_bias
+from vitpe.pe.rotary import rope_axial_angles, rope_axial_freqs, rope_mixed_angles
 
 PAIRS = [
     ('vit_tiny_patch16_224', 'vitpe_tiny_patch16_ape_224'),
@@ -99,7 +100,7 @@ def test_rope_mixed_matches_timm_rotary_mixed():
 def test_rope_mixed_init_matches_timm_distribution():
     """Same magnitudes and the phi / phi + pi/2 structure as timm's init_random_2d_freqs."""
     from timm.layers.pos_embed_sincos import init_random_2d_freqs
-    from vitpe.pe.functional import rope_mixed_init
+    from vitpe.pe.rotary import rope_mixed_init
     torch.manual_seed(3)
     ref = init_random_2d_freqs(64, 2, 4, temperature=10.)
     torch.manual_seed(3)
@@ -137,7 +138,7 @@ def test_abswin_matches_timm_hiera():
 
 def test_sincos_is_mae_formula():
     dim, shape = 16, (3, 5)
-    pos = vitpe.pe.functional.sincos_embed(shape, dim)
+    pos = vitpe.pe.common.sincos_embed(shape, dim)
     omega = 1. / 10000 ** (torch.arange(4) / 4.)
     r, c = 2, 3
     row = pos[r * 5 + c]

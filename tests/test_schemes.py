@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import vitpe
 from vitpe.pe import Grid, PosContext
-from vitpe.pe.functional import irpe_bucket_ids, irpe_num_buckets, piecewise_index
+from vitpe.pe.irpe import irpe_bucket_ids, irpe_num_buckets, piecewise_index
 
 
 def make(name, grid_size=(4, 5), dim=32, heads=2, depth=3, prefix=1, **opts):
@@ -63,7 +63,8 @@ def test_bucket_ids_follow_the_methods():
 @pytest.mark.parametrize('method', ['product', 'euclidean', 'cross'])
 def test_bucket_ids_by_offset_lookup_match_the_pairwise_formula_in_3d(method):
     """Ids are looked up by offset; the same as the formula applied to every (query, key) pair."""
-    from vitpe.pe.functional import coord_grid, irpe_offset_buckets
+    from vitpe.pe.common import coord_grid
+    from vitpe.pe.irpe import irpe_offset_buckets
     shape = (3, 4, 5)
     coords = coord_grid(shape)
     direct = irpe_offset_buckets(coords[:, None] - coords[None], method, 1.9, 3.8, 15.2, axis=1)
@@ -177,7 +178,7 @@ def test_lape_keeps_the_pe_out_of_the_residual_stream():
 def test_fourier_features_formula():
     pe = make('fourier', num_features=8, hidden_dim=6, gamma=2.0, grid_size=(4, 5))
     ctx = context(pe, (4, 5))
-    coords = ctx.state['coords']
+    coords = ctx.state.coords
     torch.testing.assert_close(coords[7], torch.tensor([1 / 4, 2 / 5]))  # (r, c) / reference grid
     w = pe.freqs[0]  # (F/2, M)
     r = torch.cat([torch.cos(coords @ w.t()), torch.sin(coords @ w.t())], dim=1) / math.sqrt(8)
@@ -191,13 +192,13 @@ def test_fourier_features_formula():
 def test_fourier_extends_coordinates_on_larger_grids():
     pe = make('fourier', grid_size=(4, 4))
     ctx = context(pe, (8, 8))
-    assert ctx.state['coords'].max() == pytest.approx(7 / 4)
+    assert ctx.state.coords.max() == pytest.approx(7 / 4)
 
 
 # ------------------------------------------------------------------------------------------------ abswin, decomposed
 def test_abswin_tiles_the_window_and_crops():
     pe = make('abswin', grid_size=(8, 8), window_size=(3, 3), global_size=(8, 8))
-    t = pe.embedding((7, 7)).reshape(7, 7, 32) - vitpe.pe.functional.resample_table(
+    t = pe.embedding((7, 7)).reshape(7, 7, 32) - vitpe.pe.common.resample_table(
         pe.pos_embed.detach(), (7, 7))[0]
     torch.testing.assert_close(t[0, 0], t[3, 3])  # window part repeats with period 3
     torch.testing.assert_close(t[1, 2], t[4, 5])
@@ -250,3 +251,48 @@ def test_bias_schemes_in_row_chunks_match_the_full_bias(scheme, options):
         finally:
             Attention.bias_budget_mb = old
     torch.testing.assert_close(got, ref)
+
+
+# ------------------------------------------------------------------------------------------------ fidelity to the authors' code
+def test_cpe_conv_is_initialised_as_cpvt():
+    """CPVT / Twins: weights N(0, sqrt(2 / fan_out)), fan_out = k*k*out/groups = k*k for a depthwise conv; bias 0."""
+    m = timm.create_model('vitpe_base_patch16_cpe_224', pos_enc_args=dict(kernel_size=5))
+    conv = m.pos_enc.convs[0]
+    assert conv.bias.abs().max() == 0
+    assert abs(conv.weight.std().item() - math.sqrt(2 / 25)) < 0.01  # 768 x 25 draws
+    assert abs(conv.weight.mean().item()) < 0.01
+
+
+def test_irpe_ape_is_the_official_deit_irpe_model():
+    """The DeiT-iRPE models keep DeiT's learned absolute embedding (with a class-token row) next to iRPE."""
+    m = timm.create_model('vitpe_small_patch16_irpe_ape_224')
+    pe = m.pos_enc
+    assert pe.uses('tokens') and pe.uses('bias') and pe.table.weight.shape == (1, 14, 14, 384)
+    assert pe.table.prefix.shape == (1, 1, 384)
+    assert (pe.mode, pe.method, pe.on, pe.shared_head, pe.alpha) == ('contextual', 'product', 'k', True, 1.9)
+    plain = timm.create_model('vitpe_small_patch16_irpe_224').pos_enc
+    assert not plain.uses('tokens') and plain.table is None
+    x = torch.zeros(1, 197, 384)
+    ctx = context(pe, (14, 14))
+    torch.testing.assert_close(pe.tokens(x, ctx)[0, 1:], pe.table.weight[0].reshape(196, 384))
+
+
+@pytest.mark.parametrize('scheme', ['ape', 'lape', 'abswin', 'rope_axial'])
+def test_antialias_option_follows_timm_or_the_authors_code(scheme):
+    """timm resamples tables with antialias (PIL's bicubic, a = -0.5: the default); SAM2, DeiT and RoPE-ViT's own
+    code call plain F.interpolate bicubic (a = -0.75): ``antialias=False``."""
+    from timm.layers import resample_abs_pos_embed
+    opts = dict(ape=True) if scheme == 'rope_axial' else {}
+    on, off = (make(scheme, grid_size=(8, 8), antialias=a, **opts) for a in (True, False))
+    off.load_state_dict(on.state_dict())
+    weight = (on.pos_embed if scheme == 'abswin' else on.table.weight).detach()
+    for shape in ((12, 10), (5, 5)):
+        plain = F.interpolate(weight.permute(0, 3, 1, 2), size=shape, mode='bicubic', align_corners=False)
+        timm_table = resample_abs_pos_embed(weight.flatten(1, 2), list(shape), (8, 8), num_prefix_tokens=0)
+        for pe, expected in ((on, timm_table[0]), (off, plain.permute(0, 2, 3, 1).flatten(1, 2)[0])):
+            if scheme == 'abswin':  # the global part: the embedding less the tiled window table
+                tiled = pe.pos_embed_window.repeat(1, 2, 2, 1)[:, :shape[0], :shape[1]].flatten(1, 2)
+                got = (pe.embedding(shape) - tiled)[0]
+            else:
+                got = pe.table.at(pe, shape)[0]
+            torch.testing.assert_close(got, expected, msg=str(shape))

@@ -1,12 +1,15 @@
-"""Training-free resolution strategies, selectable per evaluation (ideas from length extrapolation in
-language models; no vision zoo offers them as switches):
+"""Training-free resolution strategies at evaluation (ideas from length extrapolation in language models):
 
 - ``none``: as trained;
 - ``pi``: position interpolation, coordinates scaled by reference / test grid (RoPE, sin-cos, Fourier);
 - ``ntk``: NTK-aware base scaling of RoPE frequencies;
 - ``yarn``: YaRN per-frequency ramp plus its attention temperature (RoPE);
 - ``logit``: attention logits scaled by log(N_test) / log(N_train) (any scheme);
-- ``bicubic`` / ``bilinear`` / ``nearest``: how learned tables are resampled (ape, lape, abswin, RoPE + APE).
+- ``bicubic`` / ``bilinear`` / ``nearest``: how learned tables are resampled (ape, lape, abswin, RoPE + APE);
+- combinations joined by ``+``, e.g. ``pi+logit`` (``vitpe.pe.strategy.ResolutionStrategy``).
+
+A strategy is an argument of the forward (``model(x, strategy='pi+logit')``) or of the current context
+(:func:`apply_strategy`); it never changes the model, so nothing needs restoring.
 """
 from __future__ import annotations
 
@@ -15,49 +18,31 @@ from typing import List
 
 from torch import nn
 
-from ..pe.absolute import AbsWinPE, LearnedTable
-
-STRATEGIES = ('none', 'pi', 'ntk', 'yarn', 'logit', 'bicubic', 'bilinear', 'nearest')
-TABLE_STRATEGIES = ('bicubic', 'bilinear', 'nearest')
-
-
-def _tables(model: nn.Module) -> List[nn.Module]:
-    pe = model.pos_enc
-    return [m for m in pe.modules() if isinstance(m, (LearnedTable, AbsWinPE))]
+from ..pe.strategy import STRATEGIES, TABLE_STRATEGIES, ResolutionStrategy, use_strategy  # noqa: F401
 
 
 def applicable_strategies(model: nn.Module) -> List[str]:
-    """The strategies that change something for this model's scheme."""
+    """The single strategies that change something for this model's scheme."""
     pe = getattr(model, 'pos_enc', None)
     if pe is None:
         return ['none']
-    out = ['none'] + list(pe.strategies) + ['logit']
-    if _tables(model):
-        out += list(TABLE_STRATEGIES)
-    return out
+    return ['none'] + pe.applicable_strategies()
+
+
+def check_strategy(model: nn.Module, strategy) -> ResolutionStrategy:
+    """Parse ``strategy`` and check it applies to ``model``'s scheme (ValueError naming both otherwise)."""
+    strategy = ResolutionStrategy.parse(strategy)
+    pe = getattr(model, 'pos_enc', None)
+    if pe is None and strategy.parts:
+        raise ValueError(f"strategy {strategy.name!r} needs a vitpe model; {type(model).__name__} has no scheme")
+    if pe is not None:
+        pe.check_strategy(strategy)
+    return strategy
 
 
 @contextlib.contextmanager
-def apply_strategy(model: nn.Module, strategy: str):
-    """Within the block, ``model`` evaluates with ``strategy``; everything is restored afterwards."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown resolution strategy {strategy!r}; expected one of {list(STRATEGIES)}")
-    allowed = applicable_strategies(model)
-    if strategy not in allowed:
-        scheme = getattr(getattr(model, 'pos_enc', None), 'name', type(model).__name__)
-        raise ValueError(f"strategy {strategy!r} does not apply to scheme '{scheme}'; it takes {allowed}")
-    pe = model.pos_enc
-    saved = (pe.resolution_strategy, model.attn_logit_scaling, [t.interpolation for t in _tables(model)])
-    try:
-        if strategy in pe.strategies:
-            pe.resolution_strategy = strategy
-        model.attn_logit_scaling = strategy == 'logit'
-        if strategy in TABLE_STRATEGIES:
-            for t in _tables(model):
-                t.interpolation = strategy
+def apply_strategy(model: nn.Module, strategy):
+    """Within the block, vitpe models called in this thread / task without ``strategy=`` evaluate with
+    ``strategy`` (checked against ``model``'s scheme). The model itself is not changed."""
+    with use_strategy(check_strategy(model, strategy)):
         yield model
-    finally:
-        pe.resolution_strategy = saved[0]
-        model.attn_logit_scaling = saved[1]
-        for t, interp in zip(_tables(model), saved[2]):
-            t.interpolation = interp

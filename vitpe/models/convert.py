@@ -1,112 +1,32 @@
-"""Checkpoint conversion: one small converter per foreign source, chosen explicitly by the scheme.
+"""timm's ``pretrained_filter_fn`` for vitpe models.
 
-A vitpe checkpoint carries its scheme's name (``pos_enc.scheme``) and is used as is: the scheme's
-load pre-hook resizes tables and refuses a checkpoint of another scheme by name. Anything else is
-handed to the converter that the model's scheme declares (``FOREIGN_SOURCES``).
+A vitpe checkpoint carries its scheme's name (``pos_enc.scheme``) and is used as is: the scheme's load
+pre-hook resizes tables and refuses a checkpoint of another scheme by name. Anything else is handed to the
+converter the model's scheme declares (``PositionalEncoding.convert_checkpoint``, e.g. timm's ViT for 'ape').
 """
 from __future__ import annotations
 
-import math
-from typing import Callable, Dict
+from typing import Dict
 
 import torch
 from torch import nn
 
+from ..pe.converters import adapt_layer_scale, from_timm_eva, from_timm_vit  # noqa: F401  (old import path)
+from ..pe.registry import get_pos_encoding_class, list_pos_encodings
+
 Sd = Dict[str, torch.Tensor]
 
 
-def _grid_table(pos_embed: torch.Tensor, num_prefix: int, what: str):
-    """Split a timm flat table (1, p + N, D) into prefix rows and a square (1, h, w, D) table."""
-    n = pos_embed.shape[1] - num_prefix
-    side = int(math.isqrt(n))
-    if side * side != n:
-        raise ValueError(f"{what}: pos_embed has {n} patch rows, which is not a square grid")
-    prefix = pos_embed[:, :num_prefix] if num_prefix else None
-    return prefix, pos_embed[:, num_prefix:].reshape(1, side, side, -1)
-
-
-def adapt_layer_scale(sd: Sd, model: nn.Module) -> Sd:
-    """Map LayerScale between checkpoint and model exactly: a missing gamma becomes ones; a gamma the
-    model has no place for is folded into the preceding linear layer (attn.proj / mlp.fc2)."""
-    for i, blk in enumerate(model.blocks):
-        for ls, linear in (('ls1', 'attn.proj'), ('ls2', 'mlp.fc2')):
-            key = f'blocks.{i}.{ls}.gamma'
-            has_ls = not isinstance(getattr(blk, ls), nn.Identity)
-            if key in sd and not has_ls:
-                g = sd.pop(key)
-                sd[f'blocks.{i}.{linear}.weight'] = sd[f'blocks.{i}.{linear}.weight'] * g[:, None]
-                sd[f'blocks.{i}.{linear}.bias'] = sd[f'blocks.{i}.{linear}.bias'] * g
-            elif key not in sd and has_ls:
-                sd[key] = torch.ones_like(getattr(blk, ls).gamma)
-    return sd
-
-
-def _table_into(out: Sd, pos_embed: torch.Tensor, model: nn.Module, prefix_key: str, what: str) -> None:
-    table = model.pos_enc.table
-    num_prefix = table.prefix.shape[1] if table.prefix is not None else 0
-    if pos_embed.shape[1] - num_prefix <= 0:
-        raise ValueError(f"{what}: pos_embed with {pos_embed.shape[1]} rows does not fit this model")
-    prefix, grid = _grid_table(pos_embed, num_prefix, what)
-    out[prefix_key + 'weight'] = grid
-    if prefix is not None:
-        out[prefix_key + 'prefix'] = prefix
-
-
-def from_timm_vit(sd: Sd, model: nn.Module) -> Sd:
-    """timm ``VisionTransformer`` (vision_transformer.py) -> vitpe 'ape'. Names already agree except
-    the flat position table, which becomes a grid table (plus prefix rows)."""
-    out: Sd = {}
-    for k, v in sd.items():
-        if k == 'pos_embed':
-            _table_into(out, v, model, 'pos_enc.table.', 'timm ViT checkpoint')
-        else:
-            out[k] = v
-    return adapt_layer_scale(out, model)
-
-
-def from_timm_eva(sd: Sd, model: nn.Module) -> Sd:
-    """timm ``Eva`` RoPE-ViT models (eva.py ``vit_*_patch16_rope*``) -> vitpe 'rope_axial' / 'rope_mixed'
-    (with ``ape=True`` for the ``_ape`` variants): gamma_1/2 -> LayerScale, rope.freqs -> pos_enc.freqs,
-    separate q/v biases -> one qkv bias, flat APE (no prefix rows) -> grid table."""
-    out: Sd = {}
-    for k, v in sd.items():
-        if k == 'pos_embed':
-            if getattr(model.pos_enc, 'table', None) is None:
-                raise ValueError("timm Eva checkpoint has an absolute position table (an '_ape' model) but this "
-                                 f"model's scheme '{model.pos_enc.name}' was built without ape=True")
-            _table_into(out, v, model, 'pos_enc.table.', 'timm Eva checkpoint')
-        elif k == 'rope.freqs':
-            out['pos_enc.freqs'] = v
-        elif k.endswith('.gamma_1') or k.endswith('.gamma_2'):
-            out[k[:-len('gamma_1')] + ('ls1.gamma' if k.endswith('1') else 'ls2.gamma')] = v
-        elif k.endswith('attn.q_bias'):
-            base = k[:-len('q_bias')]
-            out[base + 'qkv.bias'] = torch.cat([v, torch.zeros_like(v), sd[base + 'v_bias']])
-        elif k.endswith('attn.v_bias') or k.endswith('attn.k_bias'):
-            continue
-        else:
-            out[k] = v
-    return adapt_layer_scale(out, model)
-
-
-# which foreign source a scheme's checkpoints come from, when they are not vitpe's own
-FOREIGN_SOURCES: Dict[str, Callable[[Sd, nn.Module], Sd]] = {
-    'ape': from_timm_vit,
-    'rope_axial': from_timm_eva,
-    'rope_mixed': from_timm_eva,
-}
-
-
 def checkpoint_filter_fn(state_dict: Sd, model: nn.Module) -> Sd:
-    """timm ``pretrained_filter_fn``: vitpe checkpoints pass through; foreign ones are converted by
-    the source their scheme declares."""
+    """vitpe checkpoints pass through; foreign ones are converted by the converter their scheme declares."""
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ValueError("not a state dict of tensors: expected a vitpe or timm checkpoint")
     if 'pos_enc.scheme' in state_dict:
         return state_dict
     scheme = model.pos_enc.name
-    convert = FOREIGN_SOURCES.get(scheme)
+    convert = type(model.pos_enc).convert_checkpoint
     if convert is None:
+        known = [s for s in list_pos_encodings() if get_pos_encoding_class(s).convert_checkpoint is not None]
         raise ValueError(f"checkpoint is not a vitpe checkpoint (no 'pos_enc.scheme' entry) and scheme '{scheme}' "
-                         f"has no foreign source to convert from (known: {sorted(FOREIGN_SOURCES)})")
+                         f"has no foreign source to convert from (schemes with one: {known})")
     return convert(state_dict, model)

@@ -3,7 +3,6 @@ changing it changes nothing else. Parameter names follow timm's ``VisionTransfor
 layers, optimizers and tools apply unchanged."""
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
@@ -16,10 +15,21 @@ from timm.models._features import feature_take_indices
 from ..layers import Block, PatchEmbed
 from ..layers.patch_embed import to_tuple
 from ..pe import Grid, PosContext, create_pos_encoding
+from ..pe.strategy import NO_STRATEGY, ResolutionStrategy, attention_logit_scale, current_strategy
 
 __all__ = ['VisionTransformer']
 
 GLOBAL_POOLS = ('token', 'avg', '')
+StrategySpec = Optional[Union[str, ResolutionStrategy]]
+
+
+def _check_trunk_args(global_pool: str, class_token: bool, in_chans) -> None:
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(f"invalid global_pool={global_pool!r}; expected one of {list(GLOBAL_POOLS)}")
+    if global_pool == 'token' and not class_token:
+        raise ValueError("global_pool='token' needs class_token=True")
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans <= 0:
+        raise ValueError(f"invalid in_chans={in_chans!r}; expected a positive integer")
 
 
 class VisionTransformer(nn.Module):
@@ -64,26 +74,14 @@ class VisionTransformer(nn.Module):
             pos_enc_args: Optional[Dict[str, Any]] = None,
     ):
         super().__init__()
-        if global_pool not in GLOBAL_POOLS:
-            raise ValueError(f"invalid global_pool={global_pool!r}; expected one of {list(GLOBAL_POOLS)}")
-        if global_pool == 'token' and not class_token:
-            raise ValueError("global_pool='token' needs class_token=True")
-        if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans <= 0:
-            raise ValueError(f"invalid in_chans={in_chans!r}; expected a positive integer")
+        _check_trunk_args(global_pool, class_token, in_chans)
         rank = 2 if isinstance(patch_size, int) else len(tuple(patch_size))
-        patch_size = to_tuple(patch_size, rank, 'patch_size')
-        img_size = to_tuple(img_size, rank, 'img_size')
-        norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
-        act_layer = act_layer or nn.GELU
-        self.num_classes = num_classes
-        self.global_pool = global_pool
+        patch_size, img_size = to_tuple(patch_size, rank, 'patch_size'), to_tuple(img_size, rank, 'img_size')
+        norm_layer, act_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6), act_layer or nn.GELU
+        self.num_classes, self.global_pool = num_classes, global_pool
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
-        self.num_prefix_tokens = int(class_token) + reg_tokens
-        self.num_reg_tokens = reg_tokens
+        self.num_prefix_tokens, self.num_reg_tokens = int(class_token) + reg_tokens, reg_tokens
         self.grad_checkpointing = False
-        # training-free resolution strategy: scale attention logits by log(N_test) / log(N_train)
-        self.attn_logit_scaling = False
-
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, bias=not pre_norm)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
@@ -93,13 +91,12 @@ class VisionTransformer(nn.Module):
         self.pos_drop = nn.Dropout(pos_drop_rate)
         self.norm_pre = norm_layer(embed_dim) if pre_norm else nn.Identity()
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth decay rule
-        self.blocks = nn.ModuleList([
-            Block(embed_dim, num_heads, layer=i, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_norm=qk_norm,
-                  init_values=init_values, attn_drop=attn_drop_rate, proj_drop=proj_drop_rate, drop_path=dpr[i],
-                  norm_layer=norm_layer, act_layer=act_layer)
-            for i in range(depth)])
-        reduction = max(patch_size)
-        self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=reduction) for i in range(depth)]
+        block = partial(Block, embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_norm=qk_norm,
+                        init_values=init_values, attn_drop=attn_drop_rate, proj_drop=proj_drop_rate,
+                        norm_layer=norm_layer, act_layer=act_layer)
+        self.blocks = nn.ModuleList([block(layer=i, drop_path=dpr[i]) for i in range(depth)])
+        self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=max(patch_size))
+                             for i in range(depth)]
         use_fc_norm = global_pool == 'avg' if fc_norm is None else fc_norm
         self.norm = norm_layer(embed_dim) if not use_fc_norm else nn.Identity()
         self.fc_norm = norm_layer(embed_dim) if use_fc_norm else nn.Identity()
@@ -121,6 +118,7 @@ class VisionTransformer(nn.Module):
         if isinstance(self.head, nn.Linear):
             trunc_normal_(self.head.weight, std=.02)
             nn.init.zeros_(self.head.bias)
+        self.pos_enc.init_weights()
 
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
@@ -178,23 +176,22 @@ class VisionTransformer(nn.Module):
             cfg['input_size'] = (self.patch_embed.in_chans, *img_size)
 
     # ------------------------------------------------------------------------------------------ forward
-    def _logit_scale(self, grid: Grid) -> float:
-        if not self.attn_logit_scaling:
-            return 1.0
-        n_train = math.prod(self.patch_embed.grid_size)
-        return math.log(grid.num_patches) / math.log(n_train) if n_train > 1 else 1.0
-
-    def embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, PosContext]:
-        """Patch embedding, prefix tokens and the scheme's token hook; returns the tokens and the
-        context every block gets."""
+    def embed(self, x: torch.Tensor, strategy: StrategySpec = None) -> Tuple[torch.Tensor, PosContext]:
+        """Patch embedding, prefix tokens and the scheme's token hook; returns the tokens and the context every
+        block gets. ``strategy`` (e.g. 'pi+logit'; None: the current context's, see ``vitpe.use_strategy``) is
+        the training-free resolution strategy of this forward."""
+        strategy = current_strategy() if strategy is None else ResolutionStrategy.parse(strategy)
+        pe = self.pos_enc
+        if strategy != NO_STRATEGY:
+            pe.check_strategy(strategy)
         x, shape = self.patch_embed(x)
         grid = Grid(shape, self.num_prefix_tokens)
+        pe.check_grid(grid)
         prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
         if prefix:
             x = torch.cat(prefix + [x], dim=1)
-        pe = self.pos_enc
-        state = pe.prepare(grid)
-        ctx = PosContext(pe, grid, state, logit_scale=self._logit_scale(grid) * state.get('logit_scale', 1.0))
+        ctx = PosContext(pe, grid, pe.prepare(grid, strategy, x.device), strategy,
+                         attention_logit_scale(pe, grid, strategy))
         if pe.uses('tokens'):
             x = pe.tokens(x, ctx)
         return self.norm_pre(self.pos_drop(x)), ctx
@@ -204,8 +201,8 @@ class VisionTransformer(nn.Module):
             return checkpoint(blk, x, ctx, use_reentrant=False)
         return blk(x, ctx)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x, ctx = self.embed(x)
+    def forward_features(self, x: torch.Tensor, strategy: StrategySpec = None) -> torch.Tensor:
+        x, ctx = self.embed(x, strategy)
         for blk in self.blocks:
             x = self._run_block(blk, x, ctx)
         return self.norm(x)
@@ -223,8 +220,8 @@ class VisionTransformer(nn.Module):
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward(self, x: torch.Tensor, strategy: StrategySpec = None) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x, strategy))
 
     # ------------------------------------------------------------------------------------------ features
     def forward_intermediates(
@@ -236,13 +233,14 @@ class VisionTransformer(nn.Module):
             stop_early: bool = False,
             output_fmt: str = 'NCHW',
             intermediates_only: bool = False,
+            strategy: StrategySpec = None,
     ):
         """Features of the chosen blocks (timm contract): NCHW (NCTHW for video) or NLC."""
         if output_fmt not in ('NCHW', 'NLC'):
             raise ValueError(f"invalid output_fmt={output_fmt!r}; expected 'NCHW' or 'NLC'")
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         b = x.shape[0]
-        x, ctx = self.embed(x)
+        x, ctx = self.embed(x, strategy)
         blocks = self.blocks[:max_index + 1] if stop_early else self.blocks
         intermediates = []
         for i, blk in enumerate(blocks):

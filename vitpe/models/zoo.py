@@ -1,40 +1,43 @@
-"""The vitpe zoo in timm: every (size, scheme) entry is generated from the tables below and registered
-with ``timm.models.register_model``, so ``timm.create_model('vitpe_small_patch16_rope_mixed_224')``
-works after ``import vitpe``. All entries share one trunk recipe (DeiT: class token, token pooling,
-qkv bias, no LayerScale); only the scheme changes."""
+"""The vitpe zoo in timm, derived from the scheme registry: every ``ZooEntry`` a scheme declares gives
+``vitpe_<size>_patch16_<suffix>_<img>`` for each of its sizes, registered with ``timm.models.register_model``
+(also for schemes registered after ``import vitpe``), so ``timm.create_model('vitpe_small_patch16_rope_mixed_224')``
+works. All entries share one trunk recipe (DeiT: class token, token pooling, qkv bias, no LayerScale); only the
+scheme changes. ``vitpe_<size>_patch16_<img>`` takes any scheme with ``pos_enc=``."""
 from __future__ import annotations
 
+import sys
 from typing import Any, Dict
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, register_model
 
+from ..pe.registry import on_register
 from .convert import checkpoint_filter_fn
 from .vision_transformer import VisionTransformer
 
+# size -> trunk dimensions and reference image size; 'micro' is the study's model (a 4 x 4 grid at 64 px)
 SIZES: Dict[str, Dict[str, Any]] = {
-    'tiny': dict(embed_dim=192, depth=12, num_heads=3),
-    'small': dict(embed_dim=384, depth=12, num_heads=6),
-    'base': dict(embed_dim=768, depth=12, num_heads=12),
+    'micro': dict(embed_dim=128, depth=4, num_heads=4, img_size=64),
+    'tiny': dict(embed_dim=192, depth=12, num_heads=3, img_size=224),
+    'small': dict(embed_dim=384, depth=12, num_heads=6, img_size=224),
+    'base': dict(embed_dim=768, depth=12, num_heads=12, img_size=224),
 }
-TRUNK = dict(patch_size=16, img_size=224, mlp_ratio=4., qkv_bias=True, class_token=True, global_pool='token')
-
-# model-name suffix -> (scheme, scheme options, sizes)
-ZOO_SCHEMES: Dict[str, tuple] = {name: (name, {}, ('tiny', 'small', 'base')) for name in [
-    'none', 'ape', 'sincos', 'rope_axial', 'rope_mixed', 'irpe', 'cpe', 'lepe', 'lape', 'abswin', 'fourier',
-    'decomposed']}
-ZOO_SCHEMES.update({
-    'rope_axial_ape': ('rope_axial', dict(ape=True), ('small', 'base')),
-    'rope_mixed_ape': ('rope_mixed', dict(ape=True), ('small', 'base')),
-})
+TRUNK = dict(patch_size=16, mlp_ratio=4., qkv_bias=True, class_token=True, global_pool='token')
+ZOO: Dict[str, Dict[str, Any]] = {}  # model name -> constructor arguments
+default_cfgs: Dict[str, Dict[str, Any]] = {}  # read by timm's register_model
 
 
-def _cfg(**kwargs) -> Dict[str, Any]:
+def model_name(size: str, suffix: str = '') -> str:
+    return f"vitpe_{size}_patch16_{suffix + '_' if suffix else ''}{SIZES[size]['img_size']}"
+
+
+def _cfg(args: Dict[str, Any]) -> Dict[str, Any]:
     return {
-        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'crop_pct': 0.9,
-        'interpolation': 'bicubic', 'fixed_input_size': False, 'mean': IMAGENET_DEFAULT_MEAN,
-        'std': IMAGENET_DEFAULT_STD, 'first_conv': 'patch_embed.proj', 'classifier': 'head', 'license': 'apache-2.0',
-        **kwargs,
+        'url': '', 'num_classes': 1000, 'input_size': (3, args['img_size'], args['img_size']), 'pool_size': None,
+        'crop_pct': 0.9, 'interpolation': 'bicubic', 'fixed_input_size': False, 'mean': IMAGENET_DEFAULT_MEAN,
+        'std': IMAGENET_DEFAULT_STD, 'first_conv': 'patch_embed.proj', 'classifier': 'head',
+        'license': 'apache-2.0',
+        'description': f"positional scheme: {args.get('pos_enc', 'any (pos_enc=, default ape)')}",
     }
 
 
@@ -47,18 +50,6 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> VisionTransform
         **kwargs)
 
 
-def zoo_table() -> Dict[str, Dict[str, Any]]:
-    """Every registered model name -> its constructor arguments (the scheme entries and the generic ones)."""
-    table = {}
-    for size, dims in SIZES.items():
-        table[f'vitpe_{size}_patch16_224'] = dict(TRUNK, **dims)
-        for suffix, (scheme, options, sizes) in ZOO_SCHEMES.items():
-            if size in sizes:
-                table[f'vitpe_{size}_patch16_{suffix}_224'] = dict(TRUNK, **dims, pos_enc=scheme,
-                                                                   pos_enc_args=dict(options))
-    return table
-
-
 def _make_entry(name: str, model_args: Dict[str, Any]):
     fixed_scheme = model_args.get('pos_enc')
 
@@ -66,22 +57,44 @@ def _make_entry(name: str, model_args: Dict[str, Any]):
         args = dict(model_args)
         if fixed_scheme is not None and kwargs.get('pos_enc', fixed_scheme) != fixed_scheme:
             raise ValueError(f"{name} is the '{fixed_scheme}' model; pos_enc={kwargs['pos_enc']!r} is not allowed "
-                             f"here (use vitpe_<size>_patch16_224 with pos_enc=...)")
-        kwargs.pop('pos_enc', None) if fixed_scheme is not None else None
+                             f"here (use {name.split('_patch')[0]}_patch16_<img> with pos_enc=...)")
+        if fixed_scheme is not None:
+            kwargs.pop('pos_enc', None)
         user_pe_args = kwargs.pop('pos_enc_args', None) or {}
         args['pos_enc_args'] = dict(args.get('pos_enc_args') or {}, **user_pe_args)
         return _create(name, pretrained, **dict(args, **kwargs))
 
-    scheme = fixed_scheme or "chosen with pos_enc= (default 'ape')"
     entry.__name__ = entry.__qualname__ = name
     entry.__module__ = __name__
-    entry.__doc__ = f"vitpe ViT ({model_args['embed_dim']} wide, {model_args['depth']} deep), positional scheme: {scheme}."
+    scheme = fixed_scheme or "chosen with pos_enc= (default 'ape')"
+    entry.__doc__ = (f"vitpe ViT ({model_args['embed_dim']} wide, {model_args['depth']} deep), "
+                     f"positional scheme: {scheme}.")
     return entry
 
 
-ZOO = zoo_table()
-default_cfgs = generate_default_cfgs({
-    name: _cfg(description=f"positional scheme: {args.get('pos_enc', 'ape (pos_enc=)')}") for name, args in ZOO.items()})
+def _register(name: str, args: Dict[str, Any]) -> None:
+    ZOO[name] = args
+    default_cfgs[name] = _cfg(args)
+    setattr(sys.modules[__name__], name, register_model(_make_entry(name, args)))
 
-for _name, _args in ZOO.items():
-    globals()[_name] = register_model(_make_entry(_name, _args))
+
+def register_scheme_models(cls) -> None:
+    """Register the zoo entries a scheme declares (called by the registry for every scheme)."""
+    for entry in cls.zoo:
+        unknown = set(entry.sizes) - set(SIZES)
+        if unknown:
+            raise ValueError(f"scheme {cls.name!r}: zoo entry {entry.suffix!r} has unknown sizes {sorted(unknown)}; "
+                             f"expected some of {list(SIZES)}")
+        for size in entry.sizes:
+            _register(model_name(size, entry.suffix), dict(TRUNK, **SIZES[size], pos_enc=cls.name,
+                                                           pos_enc_args=dict(entry.options)))
+
+
+def zoo_table() -> Dict[str, Dict[str, Any]]:
+    """Every registered model name -> its constructor arguments."""
+    return dict(ZOO)
+
+
+for _size in SIZES:
+    _register(model_name(_size), dict(TRUNK, **SIZES[_size]))
+on_register(register_scheme_models)

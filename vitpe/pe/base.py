@@ -1,48 +1,51 @@
-"""The one interface every positional scheme implements, the runtime grid, and the scheme registry.
+"""The one contract between the trunk and a positional scheme: the runtime grid, the per-forward context,
+and the hooks a scheme declares.
 
-A scheme is an ``nn.Module`` that overrides only the hooks it needs. The trunk asks
-``scheme.uses(hook)`` and calls nothing else, so a scheme without a bias never makes
-attention leave SDPA's fused kernels.
+A scheme is an ``nn.Module`` that declares the hooks it uses in ``hooks`` (a class attribute; an instance may
+narrow it in ``__init__`` when an option turns a hook off) and overrides exactly those. The trunk calls a
+hook only when ``scheme.uses(hook)``, so a scheme without a bias never makes attention leave SDPA's fused
+kernels, and it never branches on a scheme's name.
 
-Hooks, in the order the trunk calls them (``ctx`` is the :class:`PosContext` of this forward,
-``layer`` the block index):
+Per forward, in the order the trunk calls them (``ctx`` is this forward's :class:`PosContext`, ``layer``
+the block index):
 
-``prepare(grid) -> dict``
-    once per forward; per-shape state (angles, bucket ids, resampled tables). Cache what
-    depends only on the shape with :meth:`PositionalEncoding.cached`. An entry 'logit_scale'
-    multiplies the attention logits of this forward (YaRN's temperature).
+``prepare(grid, strategy, device) -> PEState | None``
+    once per forward: the scheme's typed per-shape state (angles, coordinates, indices), stored in
+    ``ctx.state``. Cache what depends only on the shape with :meth:`PositionalEncoding.cached`.
 ``tokens(x, ctx) -> x``
     after patch embedding and prefix concat: add to or mix all tokens (ape, sincos, abswin, fourier).
 ``attn_input(h, ctx, layer) -> h``
     what the attention of ``layer`` sees, given ``h = norm1(x)``; the residual stream is untouched (lape).
 ``qk(q, k, ctx, layer) -> (q, k)``
     rotate queries and keys, shape (B, heads, N, head_dim) (rope).
-``bias(q, k, ctx, layer, rows) -> Tensor | None``
-    an additive attention-logit bias broadcastable to (B, heads, rows, N) (irpe, decomposed); ``q``
-    holds the queries of ``rows`` only (a slice of the sequence: attention works in row chunks when
-    a full (B, heads, N, N) bias would be large, so a bias is never materialised for every row at once).
+``bias(q, k, ctx, layer, rows) -> Tensor``
+    an additive attention-logit bias broadcastable to (B, heads, rows, N) (irpe, decomposed); ``q`` holds
+    the queries of ``rows`` only (attention works in row chunks when a full bias would be large). Build it
+    with ``common.grid_bias``, which pads for prefix tokens and handles the row slice.
 ``value(out, v, attn, ctx, layer, rows) -> out``
     adjust the attention output of ``rows`` from V (lepe) or from the attention probabilities ``attn``
     (iRPE on values; ``attn`` is only computed when ``needs_attn_probs`` is true).
 ``after_block(x, ctx, layer) -> x``
     after block ``layer`` (cpe / PEG).
 
-Tables learned at one grid are brought to another by ``resize_state_dict`` (called from a
-load_state_dict pre-hook, so every loader resizes) and ``set_grid_size`` (``set_input_size``).
+The resolution strategy of the forward (``ctx.strategy``, see ``strategy.py``) is an argument, never module
+state. The attention temperature has one path: ``ctx.logit_scale`` (``strategy.attention_logit_scale``, to
+which a scheme contributes through :meth:`PositionalEncoding.logit_temperature`).
+
+Tables learned at one grid are brought to another by ``resize_state_dict`` (called from a load_state_dict
+pre-hook, so every loader resizes) and ``set_grid_size`` (``set_input_size``).
 """
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Dict, Optional, Sequence, Tuple, Type
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Dict, FrozenSet, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-__all__ = [
-    'Grid', 'PosContext', 'PositionalEncoding', 'register_pos_encoding', 'create_pos_encoding',
-    'list_pos_encodings', 'get_pos_encoding_class', 'check_choice', 'check_positive',
-]
+from .strategy import NO_STRATEGY, POSITION_STRATEGIES, TABLE_STRATEGIES, ResolutionStrategy
+
+__all__ = ['Grid', 'PEState', 'PosContext', 'PositionalEncoding', 'HOOKS']
 
 HOOKS = ('tokens', 'attn_input', 'qk', 'bias', 'value', 'after_block')
 
@@ -69,49 +72,48 @@ class Grid:
         return self.num_prefix + self.num_patches
 
 
+class PEState:
+    """Base of the typed per-forward state a scheme's ``prepare`` returns (each scheme a small dataclass)."""
+
+
 @dataclass
 class PosContext:
-    """What the blocks of one forward see: the scheme, the grid and the state from ``prepare``.
-
-    ``logit_scale`` multiplies the usual 1/sqrt(head_dim) attention scale (a training-free
-    resolution strategy); 1.0 means as trained.
-    """
+    """What the blocks of one forward see: the scheme, the grid, the state from ``prepare``, the resolution
+    strategy and the attention-logit multiplier (1.0: as trained; multiplies the usual 1/sqrt(head_dim))."""
     pe: 'PositionalEncoding'
     grid: Grid
-    state: Dict[str, Any] = field(default_factory=dict)
+    state: Optional[PEState] = None
+    strategy: ResolutionStrategy = NO_STRATEGY
     logit_scale: float = 1.0
-
-
-def check_choice(scheme: str, option: str, value, choices: Sequence) -> None:
-    if value not in choices:
-        raise ValueError(f"{scheme}: invalid {option}={value!r}; expected one of {list(choices)}")
-
-
-def check_positive(scheme: str, option: str, value) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{scheme}: invalid {option}={value!r}; expected a positive number")
 
 
 def _tag(name: str) -> torch.Tensor:
     return torch.tensor(list(name.encode()), dtype=torch.uint8)
 
 
-def _untag(t: torch.Tensor) -> str:
+def untag(t: torch.Tensor) -> str:
+    """The scheme name stored in a checkpoint's ``pos_enc.scheme`` entry."""
     return bytes(t.to(torch.uint8).tolist()).decode(errors='replace')
 
 
 class PositionalEncoding(nn.Module):
-    """Base class of every scheme. Subclasses set ``name`` and override the hooks they need.
+    """Base class of every scheme. A subclass sets ``name``, declares ``hooks`` and overrides those hooks.
 
-    Constructor arguments shared by all schemes (keyword only): ``dim`` (embedding width),
-    ``num_heads``, ``depth``, ``grid_size`` (the reference grid: tables are learned at it),
-    ``num_prefix_tokens`` (cls + registers, which never receive a position).
+    Declarations (class attributes): ``hooks``; ``needs_attn_probs`` (the value hook reads the attention
+    probabilities); ``position_strategies`` (which of 'pi', 'ntk', 'yarn' it understands); ``zoo`` (its
+    ``ZooEntry`` model families, default one named after the scheme); ``convert_checkpoint`` (a function
+    ``(state_dict, model) -> state_dict`` for checkpoints from outside vitpe, e.g. timm's).
+
+    Constructor arguments shared by all schemes (keyword only): ``dim`` (embedding width), ``num_heads``,
+    ``depth``, ``grid_size`` (the reference grid: tables are learned at it), ``num_prefix_tokens`` (cls +
+    registers, which never receive a position).
     """
     name: ClassVar[str] = ''
+    hooks: FrozenSet[str] = frozenset()
     needs_attn_probs: bool = False
-    # training-free strategies at another resolution this scheme understands (besides 'none')
-    strategies: ClassVar[Tuple[str, ...]] = ()
-    resolution_strategy: str = 'none'
+    position_strategies: Tuple[str, ...] = ()
+    zoo: ClassVar[Optional[tuple]] = None
+    convert_checkpoint: ClassVar[Optional[Callable]] = None
     # a persistent uint8 buffer holding ``name``: a checkpoint of another scheme is refused by name
     scheme: torch.Tensor
 
@@ -126,17 +128,36 @@ class PositionalEncoding(nn.Module):
         self.depth = depth
         self.grid_size = tuple(int(s) for s in grid_size)
         self.num_prefix_tokens = num_prefix_tokens
+        self.hooks = frozenset(type(self).hooks)
         self.register_buffer('scheme', _tag(self.name), persistent=True)
         self._cache: Dict[Any, Any] = {}
-        self._hooks_used = frozenset(h for h in HOOKS if getattr(type(self), h) is not getattr(PositionalEncoding, h))
         self._register_load_state_dict_pre_hook(self._load_pre_hook)
+
+    @classmethod
+    def check_declarations(cls) -> None:
+        """At registration: declared hooks are known and overridden, and every overridden hook is declared."""
+        unknown = set(cls.hooks) - set(HOOKS)
+        overridden = {h for h in HOOKS if getattr(cls, h) is not getattr(PositionalEncoding, h)}
+        bad_strategies = set(cls.position_strategies) - set(POSITION_STRATEGIES)
+        if unknown or overridden != set(cls.hooks) or bad_strategies:
+            raise TypeError(f"scheme {cls.name!r}: hooks declared {sorted(cls.hooks)} but overridden "
+                            f"{sorted(overridden)} (known hooks: {list(HOOKS)}); position strategies must be "
+                            f"among {list(POSITION_STRATEGIES)}, got {sorted(bad_strategies)}")
+
+    @classmethod
+    def upgrade_options(cls, options: Dict[str, Any]) -> None:
+        """Rename deprecated options in place (override where a scheme renamed one)."""
 
     @property
     def rank(self) -> int:
         return len(self.grid_size)
 
     def uses(self, hook: str) -> bool:
-        return hook in self._hooks_used
+        return hook in self.hooks
+
+    def default_device(self) -> torch.device:
+        """Where state is built when ``prepare`` is called without a device (the trunk always passes one)."""
+        return self.scheme.device
 
     def cached(self, key, fn: Callable[[], Any]):
         """Memoise shape-only state (no parameters inside) by ``key``; cleared on device/dtype moves."""
@@ -157,9 +178,35 @@ class PositionalEncoding(nn.Module):
                 f"{self.name}: got a grid of rank {grid.rank} {tuple(grid.shape)}, this scheme was built for "
                 f"rank {self.rank} (grid {self.grid_size})")
 
-    # ----------------------------------------------------------------- hooks (override what you need)
-    def prepare(self, grid: Grid) -> Dict[str, Any]:
-        return {}
+    # ----------------------------------------------------------------- resolution strategies
+    @property
+    def interpolates_tables(self) -> bool:
+        """Whether the scheme resamples learned tables (so the table-interpolation strategies apply)."""
+        from .common import LearnedTable
+        return any(isinstance(m, LearnedTable) for m in self.modules())
+
+    def applicable_strategies(self):
+        """The single strategies that change something for this scheme (besides 'none')."""
+        return (list(self.position_strategies) + ['logit'] +
+                (list(TABLE_STRATEGIES) if self.interpolates_tables else []))
+
+    def check_strategy(self, strategy: ResolutionStrategy) -> None:
+        bad = [p for p in strategy.parts if p not in self.applicable_strategies()]
+        if bad:
+            raise ValueError(f"strategy {bad[0]!r} does not apply to scheme '{self.name}'; it takes "
+                             f"{['none'] + self.applicable_strategies()}")
+
+    def logit_temperature(self, grid: Grid, strategy: ResolutionStrategy) -> float:
+        """The scheme's own factor on the attention logits under ``strategy`` (YaRN's temperature); 1.0."""
+        return 1.0
+
+    # ----------------------------------------------------------------- hooks (declare and override)
+    def init_weights(self) -> None:
+        """Initialise parameters as the scheme's reference does (called by the trunk's ``init_weights``)."""
+
+    def prepare(self, grid: Grid, strategy: ResolutionStrategy = NO_STRATEGY,
+                device: Optional[torch.device] = None) -> Optional[PEState]:
+        return None
 
     def tokens(self, x: torch.Tensor, ctx: PosContext) -> torch.Tensor:
         return x
@@ -171,8 +218,8 @@ class PositionalEncoding(nn.Module):
         return q, k
 
     def bias(self, q: torch.Tensor, k: torch.Tensor, ctx: PosContext, layer: int,
-             rows: slice = slice(None)) -> Optional[torch.Tensor]:
-        return None
+             rows: slice = slice(None)) -> torch.Tensor:
+        raise NotImplementedError
 
     def value(self, out: torch.Tensor, v: torch.Tensor, attn: Optional[torch.Tensor], ctx: PosContext,
               layer: int, rows: slice = slice(None)) -> torch.Tensor:
@@ -207,7 +254,7 @@ class PositionalEncoding(nn.Module):
     def _load_pre_hook(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         tag = state_dict.get(prefix + 'scheme')
         if tag is not None:
-            theirs = _untag(tag)
+            theirs = untag(tag)
             if theirs != self.name:
                 raise ValueError(
                     f"checkpoint was trained with positional scheme '{theirs}' but this model uses '{self.name}': "
@@ -218,42 +265,3 @@ class PositionalEncoding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"grid_size={self.grid_size}, dim={self.dim}, heads={self.num_heads}"
-
-
-_REGISTRY: Dict[str, Type[PositionalEncoding]] = {}
-
-
-def register_pos_encoding(cls: Type[PositionalEncoding]) -> Type[PositionalEncoding]:
-    if not cls.name or cls.name in _REGISTRY:
-        raise ValueError(f"scheme name {cls.name!r} is empty or registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def list_pos_encodings():
-    """Names of every registered positional scheme."""
-    return list(_REGISTRY)
-
-
-def get_pos_encoding_class(name: str) -> Type[PositionalEncoding]:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown positional scheme {name!r}; expected one of {list(_REGISTRY)}")
-    return _REGISTRY[name]
-
-
-def scheme_options(name: str) -> Dict[str, Any]:
-    """The documented options of a scheme and their defaults."""
-    sig = inspect.signature(get_pos_encoding_class(name).__init__)
-    common = {'self', 'dim', 'num_heads', 'depth', 'grid_size', 'num_prefix_tokens'}
-    return {k: p.default for k, p in sig.parameters.items() if k not in common and p.kind == p.KEYWORD_ONLY}
-
-
-def create_pos_encoding(name: str, *, dim: int, num_heads: int, depth: int, grid_size: Sequence[int],
-                        num_prefix_tokens: int = 0, **options) -> PositionalEncoding:
-    cls = get_pos_encoding_class(name)
-    allowed = scheme_options(name)
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"{name}: unknown option(s) {unknown}; expected some of {sorted(allowed)}")
-    return cls(dim=dim, num_heads=num_heads, depth=depth, grid_size=grid_size,
-               num_prefix_tokens=num_prefix_tokens, **options)

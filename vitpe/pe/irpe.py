@@ -1,31 +1,107 @@
 """iRPE, image relative position encoding (Wu et al., "Rethinking and Improving Relative Position
 Encoding for Vision Transformer", ICCV 2021; microsoft/Cream ``iRPE/DeiT-with-iRPE/irpe.py``).
 
-Every (query, key) offset falls into a bucket (``functional.irpe_bucket_ids``); each bucket has a
-learned encoding. Per block and per target:
+Every (query, key) offset falls into a bucket (``irpe_bucket_ids``); each bucket has a learned encoding.
+Per block and per target:
 
 - keys (``k``): logits_ij += b_ij, with b_ij = T[h, bucket_ij] (bias mode) or (q_i / sqrt(d)) . T[h, :, bucket_ij]
   (contextual mode, Eq. 7);
 - queries (``q``): logits_ij += (k_j / sqrt(d)) . T[h, :, bucket_ji] (contextual) or T[h, bucket_ji];
 - values (``v``): out_i += sum_j a_ij T_v[h, bucket_ij, :] (contextual only, Eq. 8).
 
-Contextual encodings are computed once per bucket (q against the table, (N, buckets)) and then
-gathered to (N, N); value encodings aggregate the attention per bucket first (scatter-add), then
-multiply by the table. Prefix tokens share one extra bucket, as the reference's ``skip`` tokens.
-Bucket ids depend on the offset only: they are computed for the (2S-1)^rank offsets and looked up
-per pair (the offset table cached per grid; the (N, N) ids cached for grids up to ``cache_tokens``,
-else looked up per chunk of query rows).
+Contextual encodings are computed once per bucket (q against the table, (N, buckets)) and then gathered to
+(N, N); value encodings aggregate the attention per bucket first (scatter-add), then multiply by the table.
+Prefix tokens share one extra bucket, as the reference's ``skip`` tokens. Bucket ids depend on the offset
+only: they are computed for the (2S-1)^rank offsets and looked up per pair (the offset table cached per
+grid; the patch ids cached for grids up to ``cache_tokens``, else looked up per chunk of query rows).
 """
 from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from .base import PositionalEncoding, check_choice, check_positive, register_pos_encoding
-from .functional import IRPE_METHODS, irpe_bucket_ids, irpe_num_buckets, irpe_offset_lookup
+from .base import PositionalEncoding
+from .common import LearnedTable, check_bool, check_choice, check_positive, coord_grid, grid_bias
+from .registry import ZooEntry, register_pos_encoding
 
 IRPE_MODES = ('bias', 'contextual')
 IRPE_TARGETS = ('k', 'q', 'v', 'qk', 'kv', 'qv', 'qkv')
+
+
+def piecewise_index(rel: torch.Tensor, alpha: float, beta: float, gamma: float) -> torch.Tensor:
+    """iRPE's piecewise index g(x) (Wu et al. 2021, Eq. 18): round(x) for |x| <= alpha, else
+    sign(x) * min(beta, round(alpha + ln(|x|/alpha) / ln(gamma/alpha) * (beta - alpha)))."""
+    rel = rel.float()
+    a = rel.abs()
+    far = torch.sign(rel) * (alpha + torch.log(a.clamp(min=1e-12) / alpha) / math.log(gamma / alpha)
+                             * (beta - alpha)).round().clamp(max=beta)
+    return torch.where(a <= alpha, rel.round(), far).long()
+
+
+IRPE_METHODS = ('euclidean', 'quant', 'cross', 'product')
+
+
+def irpe_num_buckets(method: str, beta: float, rank: int = 2) -> int:
+    """Buckets per table, without the extra prefix bucket ((2 beta + 1)^rank for product)."""
+    b = int(beta)
+    return (2 * b + 1) ** rank if method == 'product' else 2 * b + 1
+
+
+def irpe_offset_buckets(diff: torch.Tensor, method: str, alpha: float, beta: float, gamma: float,
+                        axis: Optional[int] = None) -> torch.Tensor:
+    """Bucket id of each offset ``diff`` (..., rank) = query coordinates - key coordinates.
+
+    euclidean: g(round(|d|)); quant: g(|d|^2); product: mixed-radix over axes of g(d_a) + beta;
+    cross: g(d_axis) for the one ``axis`` (the caller sums one table per axis).
+    Non-product ids are shifted by beta so that they start at 0, as in the reference code."""
+    b = int(beta)
+    if method == 'euclidean':
+        return piecewise_index(diff.square().sum(-1).sqrt().round(), alpha, beta, gamma) + b
+    if method == 'quant':
+        return piecewise_index(diff.square().sum(-1), alpha, beta, gamma) + b
+    if method == 'cross':
+        return piecewise_index(diff[..., axis], alpha, beta, gamma) + b
+    if method == 'product':
+        ids = torch.zeros(diff.shape[:-1], dtype=torch.long, device=diff.device)
+        for a in range(diff.shape[-1]):
+            ids = ids * (2 * b + 1) + piecewise_index(diff[..., a], alpha, beta, gamma) + b
+        return ids
+    raise ValueError(f"irpe: unknown method {method!r}; expected one of {list(IRPE_METHODS)}")
+
+
+def irpe_offset_lookup(shape: Sequence[int], method: str, alpha: float, beta: float, gamma: float, device=None,
+                       axis: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """(table, lin, centre) for ``irpe_bucket_ids``. The bucket depends on the offset only, so it is
+    computed once for each of the (2S-1)^rank offsets (``table``, flat, row major). ``lin`` is each
+    cell's row-major index in that offset grid; being linear in the coordinates, the offset of the pair
+    (i, j) sits at table[lin[i] - lin[j] + centre]."""
+    offsets = coord_grid([2 * s - 1 for s in shape], device=device) - torch.tensor(
+        [s - 1 for s in shape], device=device, dtype=torch.float32)
+    table = irpe_offset_buckets(offsets, method, alpha, beta, gamma, axis)
+    strides = [1] * len(shape)
+    for a in range(len(shape) - 2, -1, -1):
+        strides[a] = strides[a + 1] * (2 * shape[a + 1] - 1)
+    lin = (coord_grid(shape, device=device, dtype=torch.long) * torch.tensor(strides, device=device)).sum(-1)
+    return table, lin, sum((s - 1) * st for s, st in zip(shape, strides))
+
+
+def irpe_bucket_ids(shape: Sequence[int], method: str, alpha: float, beta: float, gamma: float,
+                    device=None, axis: Optional[int] = None, rows: Optional[torch.Tensor] = None,
+                    keys_first: bool = False, lookup: Optional[tuple] = None) -> torch.Tensor:
+    """(rows, N) bucket ids of (query, key) pairs of patch tokens for an iRPE method; ``rows`` are flat
+    query indices (all N when None), so large grids can be done a chunk of queries at a time. With
+    ``keys_first`` the result is (N, rows): the bucket of (key j as query, query i as key), i.e. of
+    the offset k_j - q_i (iRPE on queries). Ids are looked up by offset (``irpe_offset_lookup``; pass
+    ``lookup`` to reuse one for the same grid, method and axis)."""
+    table, lin, centre = lookup if lookup is not None else irpe_offset_lookup(
+        shape, method, alpha, beta, gamma, device, axis)
+    q_lin = lin if rows is None else lin[rows]
+    if keys_first:
+        return table[(lin + centre)[:, None] - q_lin[None, :]]
+    return table[(q_lin + centre)[:, None] - lin[None, :]]
 
 
 @register_pos_encoding
@@ -36,16 +112,24 @@ class IRPE(PositionalEncoding):
         on: where it acts: 'k' (default), 'q', 'v' or a combination such as 'qk' or 'qkv'.
         shared_head: one table for all heads (default True) or one per head.
         ratio: alpha:beta:gamma = 1:2:8 scaled by ``ratio`` (1.9, the paper's default).
+        ape: also add a learned absolute embedding (with a row for each prefix token), as the official
+            DeiT-iRPE models do (zoo: ``vitpe_*_patch16_irpe_ape_224``); off in ``irpe`` alone.
     """
     name = 'irpe'
+    hooks = frozenset({'tokens', 'bias', 'value'})
+    zoo = (ZooEntry('irpe'), ZooEntry('irpe_ape', dict(ape=True), ('tiny', 'small', 'base')))
+    # grids up to this many tokens keep their patch bucket ids cached; larger ones look up the ids of each
+    # row chunk on the fly, so memory stays O(chunk x N)
+    cache_tokens: int = 1024
 
     def __init__(self, *, mode: str = 'contextual', method: str = 'product', on: str = 'k',
-                 shared_head: bool = True, ratio: float = 1.9, **common):
+                 shared_head: bool = True, ratio: float = 1.9, ape: bool = False, **common):
         super().__init__(**common)
         check_choice(self.name, 'mode', mode, IRPE_MODES)
         check_choice(self.name, 'method', method, IRPE_METHODS)
         check_choice(self.name, 'on', on, IRPE_TARGETS)
         check_positive(self.name, 'ratio', ratio)
+        check_bool(self.name, 'ape', ape)
         if mode == 'bias' and 'v' in on:
             raise ValueError(f"irpe: invalid on={on!r} with mode='bias'; encodings on values need mode='contextual'")
         self.mode, self.method, self.on, self.shared_head = mode, method, on, shared_head
@@ -56,58 +140,53 @@ class IRPE(PositionalEncoding):
         heads = 1 if shared_head else self.num_heads
         axes = self.rank if method == 'cross' else 1
         d = self.head_dim
-        # zero init, as the reference
-        for target in 'qkv':
-            if target not in on:
-                continue
+        for target in on:  # zero init, as the reference
             shape = {'bias': (tables,), 'contextual': (d, tables) if target != 'v' else (tables, d)}[mode]
             self.register_parameter(f'{target}_table', nn.Parameter(torch.zeros(self.depth, axes, heads, *shape)))
+        self.table = LearnedTable(self.grid_size, self.dim, self.num_prefix_tokens, scheme=self.name) if ape else None
         self.needs_attn_probs = 'v' in on
-        unused = {'bias'} if on == 'v' else set()
-        if 'v' not in on:
-            unused.add('value')
-        self._hooks_used = self._hooks_used - unused
+        self.hooks = self.hooks - ({'tokens'} if not ape else set()) - ({'bias'} if on == 'v' else set()) \
+            - ({'value'} if 'v' not in on else set())
 
-    # grids up to this many tokens keep their (N, N) bucket ids cached; larger ones compute the ids of
-    # each row chunk on the fly, so memory stays O(chunk x N)
-    cache_tokens: int = 1024
+    def tokens(self, x, ctx):
+        return self.table.add(self, x, ctx.grid, ctx.strategy)
+
+    # ----------------------------------------------------------------- bucket ids
+    def patch_ids(self, shape: Tuple[int, ...], patch_rows: Optional[torch.Tensor], device,
+                  keys_first: bool = False) -> torch.Tensor:
+        """(axes, rows, N_patch) bucket ids of the patch queries ``patch_rows`` (all when None) against every
+        patch key; with ``keys_first`` (axes, N_patch, rows): the bucket of (key j as query, query i as key)."""
+        axes = range(len(shape)) if self.method == 'cross' else [None]
+
+        def ids(rows, flip):
+            return torch.stack([irpe_bucket_ids(shape, self.method, self.alpha, self.beta, self.gamma, axis=a,
+                                                rows=rows, keys_first=flip, lookup=self.cached(
+                                                    ('lookup', shape, a, device), lambda: irpe_offset_lookup(
+                                                        shape, self.method, self.alpha, self.beta, self.gamma,
+                                                        device=device, axis=a))) for a in axes])
+        if math.prod(shape) > self.cache_tokens:
+            return ids(patch_rows, keys_first)
+        full = self.cached(('ids', shape, device), lambda: ids(None, False))  # full[a, i, j]: bucket of q_i - k_j
+        if patch_rows is None:
+            return full
+        return full[:, :, patch_rows] if keys_first else full[:, patch_rows]
 
     def bucket_ids(self, grid, rows: slice = slice(None)) -> torch.Tensor:
-        """(axes, rows, N) bucket ids for the query ``rows`` of the grid (prefix tokens included)."""
-        if grid.num_tokens <= self.cache_tokens:
-            return self.cached(('ids', grid.shape, grid.num_prefix), lambda: self._bucket_ids(grid, slice(None)))[:, rows]
-        return self._bucket_ids(grid, rows)
+        """(axes, rows, N) bucket ids of the query ``rows`` against every token, prefix pairs included."""
+        device = self.default_device()
+        axes = grid.rank if self.method == 'cross' else 1
 
-    def _bucket_ids(self, grid, rows: slice, keys_first: bool = False) -> torch.Tensor:
-        """(axes, rows, N), or (axes, N, rows) with ``keys_first`` (bucket of key j against query i)."""
-        p, n = grid.num_prefix, grid.num_tokens
-        idx = torch.arange(n, device=self.scheme.device)[rows]
-        patch = idx >= p
-        axes = range(grid.rank) if self.method == 'cross' else [None]
-        out = torch.full((len(axes), len(idx), n), self.prefix_bucket, dtype=torch.long, device=self.scheme.device)
-        if keys_first:
-            out = out.transpose(1, 2)
-        for i, a in enumerate(axes):
-            lookup = self.cached(('lookup', grid.shape, a), lambda: irpe_offset_lookup(
-                grid.shape, self.method, self.alpha, self.beta, self.gamma, device=self.scheme.device, axis=a))
-            ids = irpe_bucket_ids(grid.shape, self.method, self.alpha, self.beta, self.gamma, axis=a,
-                                  rows=idx[patch] - p, keys_first=keys_first, lookup=lookup)
-            if keys_first:
-                out[i, p:, patch] = ids
-            else:
-                out[i, patch, p:] = ids
-        return out
+        def fill(skip, patch_rows, out):
+            out.copy_(self.patch_ids(grid.shape, patch_rows, device))
+        return grid_bias(rows, grid, (axes,), fill, self.prefix_bucket, dtype=torch.long, device=device)
 
-    def prepare(self, grid):
-        self.check_grid(grid)
-        return {}
-
+    # ----------------------------------------------------------------- hooks
     def _encode(self, x, table, ids, scale):
         """Sum over axis tables of the encoding of every (row i of x, column j) pair, (B|1, H, rows, cols).
 
         Contextual: x against every bucket once, (B, H, rows, buckets), then a gather by bucket id
         (the reference's efficient path; no (rows, cols, d) tensor is formed)."""
-        out = None
+        out = 0
         for a in range(ids.shape[0]):
             idx = ids[a]
             if self.mode == 'bias':
@@ -115,28 +194,38 @@ class IRPE(PositionalEncoding):
             else:
                 per_bucket = (x * scale) @ table[a].to(x.dtype)  # (B, H, rows, buckets)
                 enc = per_bucket.gather(-1, idx.expand(*per_bucket.shape[:2], *idx.shape))
-            out = enc if out is None else out + enc
+            out = out + enc
         return out
 
-    def bias(self, q, k, ctx, layer, rows=slice(None)):
-        scale = self.head_dim ** -0.5
-        out = None
-        if 'k' in self.on:  # logits_ij += q_i . T[bucket_ij]
-            out = self._encode(q, self.k_table[layer], self.bucket_ids(ctx.grid, rows), scale)
-        if 'q' in self.on:  # logits_ij += k_j . T[bucket_ji]; the product / cross buckets are not symmetric
-            ids_t = self._transposed_ids(ctx.grid, rows)
-            enc = self._encode(k, self.q_table[layer], ids_t, scale).transpose(-1, -2)
-            out = enc if out is None else out + enc
-        return out.to(q.dtype)
+    def _prefix_encoding(self, x, table, scale):
+        """Encoding of the prefix bucket, summed over axis tables: (1, H|1, 1, 1) in bias mode, else (B, H, rows, 1)."""
+        pb = self.prefix_bucket
+        if self.mode == 'bias':
+            return table[:, :, pb].sum(0)[None, :, None, None]
+        return sum((x * scale) @ table[a][..., pb:pb + 1].to(x.dtype) for a in range(table.shape[0]))
 
-    def _transposed_ids(self, grid, rows: slice) -> torch.Tensor:
-        """(axes, N, rows): bucket of (key j, query i) for every key j and the query ``rows``."""
-        if grid.num_tokens <= self.cache_tokens:
-            return self.bucket_ids(grid)[:, :, rows]
-        return self._bucket_ids(grid, rows, keys_first=True)
+    def bias(self, q, k, ctx, layer, rows=slice(None)):
+        scale, grid, p = self.head_dim ** -0.5, ctx.grid, ctx.grid.num_prefix
+        lead = tuple(q.shape[:2]) if self.mode == 'contextual' else (1, self.k_table.shape[2] if 'k' in self.on
+                                                                     else self.q_table.shape[2])
+        fill = 0.
+        if self.num_prefix_tokens:  # pairs with a prefix token: the prefix bucket's encoding
+            if 'k' in self.on:
+                fill = fill + self._prefix_encoding(q, self.k_table[layer], scale)
+            if 'q' in self.on:
+                fill = fill + self._prefix_encoding(k, self.q_table[layer], scale).transpose(-1, -2)
+
+        def add_patch_part(skip, patch_rows, out):
+            if 'k' in self.on:  # logits_ij += q_i . T[bucket_ij]
+                ids = self.patch_ids(grid.shape, patch_rows, q.device)
+                out += self._encode(q[:, :, skip:], self.k_table[layer], ids, scale)
+            if 'q' in self.on:  # logits_ij += k_j . T[bucket_ji]; the product / cross buckets are not symmetric
+                ids_t = self.patch_ids(grid.shape, patch_rows, q.device, keys_first=True)
+                out += self._encode(k[:, :, p:], self.q_table[layer], ids_t, scale).transpose(-1, -2)
+        return grid_bias(rows, grid, lead, add_patch_part, fill, dtype=q.dtype, device=q.device)
 
     def value(self, out, v, attn, ctx, layer, rows=slice(None)):
-        ids = self.bucket_ids(ctx.grid, rows)
+        ids = self.bucket_ids(ctx.grid, rows).to(attn.device)
         table = self.v_table[layer]  # (axes, H|1, buckets, d)
         for a in range(ids.shape[0]):
             per_bucket = attn.new_zeros(*attn.shape[:-1], table.shape[-2])

@@ -1,0 +1,79 @@
+"""Window-absolute position embedding (Bolya et al., "Window Attention is Bugged", ICLR 2024; timm hiera
+``abs_win_pos_embed``, SAM2 ``Hiera._get_pos_embed``)."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+from timm.layers import trunc_normal_
+
+from .base import PositionalEncoding
+from .common import add_to_patches, cached_resample, check_bool, resample_table
+from .registry import register_pos_encoding
+
+
+@register_pos_encoding
+class AbsWinPE(PositionalEncoding):
+    """P = interp(G -> grid) + tile(W_win). Only the global table G is interpolated; the window table keeps its
+    size and is tiled (cropped where the grid is not a multiple of the window), so it stays aligned with a
+    fixed window size.
+
+    Options:
+        window_size: size of the tiled window table (default 7 per axis, capped at the reference grid; a
+            checkpoint loads with its own window size).
+        global_size: size of the global table (default: the reference grid).
+        antialias: antialias when G shrinks (True: timm hiera, the reference our benchmark and parity test
+            use; False: SAM2, which resizes with plain bicubic, a = -0.75).
+    """
+    name = 'abswin'
+    hooks = frozenset({'tokens'})
+
+    def __init__(self, *, window_size: Optional[Sequence[int]] = None, global_size: Optional[Sequence[int]] = None,
+                 antialias: bool = True, **common):
+        super().__init__(**common)
+        check_bool(self.name, 'antialias', antialias)
+        window_size = self._size_option('window_size', window_size, tuple(min(7, s) for s in self.grid_size))
+        global_size = self._size_option('global_size', global_size, self.grid_size)
+        self.interpolation, self.antialias = 'bicubic', antialias
+        self.pos_embed = nn.Parameter(torch.zeros(1, *global_size, self.dim))
+        self.pos_embed_window = nn.Parameter(torch.zeros(1, *window_size, self.dim))
+        trunc_normal_(self.pos_embed, std=.02)
+        trunc_normal_(self.pos_embed_window, std=.02)
+
+    @property
+    def interpolates_tables(self) -> bool:
+        return True
+
+    def _size_option(self, option, value, default):
+        if value is None:
+            return tuple(default)
+        value = (value,) * self.rank if isinstance(value, int) else tuple(value)
+        if len(value) != self.rank or any((not isinstance(v, int)) or v <= 0 for v in value):
+            raise ValueError(f"abswin: invalid {option}={value!r}; expected {self.rank} positive integers")
+        return value
+
+    def embedding(self, shape, interpolation: Optional[str] = None) -> torch.Tensor:
+        """(1, prod(shape), D): global part resampled plus window part tiled."""
+        win = self.pos_embed_window
+        reps = [math.ceil(s / w) for s, w in zip(shape, win.shape[1:-1])]
+        tiled = win.repeat(1, *reps, 1)[(slice(None),) + tuple(slice(0, s) for s in shape)]
+        glob = cached_resample(self, self.pos_embed, shape, interpolation or self.interpolation, self.antialias)
+        return (glob + tiled).flatten(1, -2)
+
+    def tokens(self, x, ctx):
+        return add_to_patches(x, self.embedding(ctx.grid.shape, ctx.strategy.interpolation), ctx.grid.num_prefix)
+
+    def resize_state_dict(self, state_dict, prefix):
+        """The global table is resampled to this model's; the window table is never resampled (it is tiled at
+        its learned size): a checkpoint whose window differs (the default window is capped at the reference
+        grid) brings its window size with it."""
+        key = prefix + 'pos_embed'
+        size = tuple(self.pos_embed.shape[1:-1])
+        if key in state_dict and tuple(state_dict[key].shape[1:-1]) != size:
+            state_dict[key] = resample_table(state_dict[key], size, self.interpolation, self.antialias)
+        window = state_dict.get(prefix + 'pos_embed_window')
+        if window is not None and window.shape != self.pos_embed_window.shape and window.ndim == self.rank + 2:
+            self.pos_embed_window = nn.Parameter(self.pos_embed_window.new_zeros(window.shape),
+                                                 requires_grad=self.pos_embed_window.requires_grad)

@@ -1,0 +1,206 @@
+"""Pieces shared by the schemes: option checks, coordinate grids, sin-cos bands, table resampling and
+learned tables, adding a position to patch tokens, a bias over the patch grid padded for prefix tokens,
+and depthwise convolutions on the grid. Every function takes the grid shape as a tuple of any rank
+((T,) H, W)."""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from timm.layers import trunc_normal_
+
+from .strategy import ResolutionStrategy, position_scale
+
+INTERPOLATIONS_2D = ('bicubic', 'bilinear', 'nearest', 'area')
+INTERPOLATIONS_3D = ('trilinear', 'nearest', 'area')
+
+
+# --------------------------------------------------------------------------------------------- option checks
+def check_choice(scheme: str, option: str, value, choices: Sequence) -> None:
+    if value not in choices:
+        raise ValueError(f"{scheme}: invalid {option}={value!r}; expected one of {list(choices)}")
+
+
+def check_positive(scheme: str, option: str, value) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{scheme}: invalid {option}={value!r}; expected a positive number")
+
+
+def check_positive_int(scheme: str, option: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{scheme}: invalid {option}={value!r}; expected a positive integer")
+
+
+def check_bool(scheme: str, option: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{scheme}: invalid {option}={value!r}; expected True or False")
+
+
+# --------------------------------------------------------------------------------------------- coordinates
+def coord_grid(shape: Sequence[int], device=None, dtype=torch.float32, scale: Optional[Sequence[float]] = None):
+    """Integer coordinates of every cell of ``shape``, row major: (prod(shape), rank).
+
+    Column ``a`` holds the index along axis ``a`` (so for (H, W): column 0 = row r, column 1 = col c),
+    optionally multiplied by ``scale[a]`` (position interpolation)."""
+    axes = [torch.arange(s, device=device, dtype=torch.float32) for s in shape]
+    if scale is not None:
+        axes = [a * float(f) for a, f in zip(axes, scale)]
+    return torch.stack(torch.meshgrid(*axes, indexing='ij'), dim=-1).reshape(-1, len(shape)).to(dtype)
+
+
+def grid_coords(pe, shape: Tuple[int, ...], strategy: ResolutionStrategy, device) -> torch.Tensor:
+    """Patch coordinates (N, rank) of a grid under ``strategy`` (position interpolation scales them into
+    the reference grid's range), cached by the scheme."""
+    scale = position_scale(pe.grid_size, shape, strategy)
+    return pe.cached(('coords', shape, scale, device), lambda: coord_grid(shape, device=device, scale=scale))
+
+
+def sincos_embed(shape: Sequence[int], dim: int, temperature: float = 10000., device=None,
+                 scale: Optional[Sequence[float]] = None) -> torch.Tensor:
+    """MAE-style fixed sin-cos embedding, (prod(shape), dim).
+
+    The width is split evenly over the axes, last axis first (MAE puts the column first for 2D);
+    each part is [sin(p * w_k), cos(p * w_k)], w_k = 1 / temperature^(k / (part / 2))."""
+    rank = len(shape)
+    part = dim // rank
+    if part % 2 or part * rank != dim:
+        raise ValueError(f"sincos: dim={dim} must split into {rank} even parts (one per axis)")
+    coords = coord_grid(shape, device=device, scale=scale)
+    omega = 1. / temperature ** (torch.arange(part // 2, device=device, dtype=torch.float32) / (part / 2.))
+    embs = []
+    for a in reversed(range(rank)):
+        ang = coords[:, a:a + 1] * omega
+        embs += [ang.sin(), ang.cos()]
+    return torch.cat(embs, dim=1)
+
+
+# --------------------------------------------------------------------------------------------- tables
+def resample_table(table: torch.Tensor, new_shape: Sequence[int], interpolation: str = 'bicubic',
+                   antialias: bool = True) -> torch.Tensor:
+    """Resample a channels-last table (1, *old_shape, C) to (1, *new_shape, C). The defaults are timm's
+    ``resample_abs_pos_embed`` (bicubic with antialias, i.e. PIL's kernel a = -0.5 both ways; without
+    antialias PyTorch's bicubic has a = -0.75, as SAM2, DeiT and RoPE-ViT's own code). 3D tables use trilinear."""
+    old_shape = tuple(table.shape[1:-1])
+    new_shape = tuple(int(s) for s in new_shape)
+    if old_shape == new_shape:
+        return table
+    rank = len(old_shape)
+    if rank == 3 and interpolation in ('bicubic', 'bilinear'):
+        interpolation = 'trilinear'
+    choices = INTERPOLATIONS_2D if rank == 2 else INTERPOLATIONS_3D
+    if interpolation not in choices:
+        raise ValueError(f"interpolation={interpolation!r} is not available for a rank-{rank} table; "
+                         f"expected one of {list(choices)}")
+    kw = {'antialias': antialias} if interpolation in ('bicubic', 'bilinear') else {}
+    x = F.interpolate(table.float().movedim(-1, 1), size=new_shape, mode=interpolation, **kw)
+    return x.movedim(1, -1).to(table.dtype)
+
+
+def resample_1d(table: torch.Tensor, length: int) -> torch.Tensor:
+    """Linear resampling of a (L, C) table along L (SAM / ViTDet relative tables)."""
+    if table.shape[0] == length:
+        return table
+    x = F.interpolate(table.t().unsqueeze(0).float(), size=length, mode='linear')
+    return x[0].t().to(table.dtype)
+
+
+def cached_resample(pe, table: torch.Tensor, shape, interpolation: str, antialias: bool = True) -> torch.Tensor:
+    """``resample_table`` memoised by the scheme when no gradient is needed (inference sweeps)."""
+    if tuple(table.shape[1:-1]) == tuple(shape):
+        return table
+    if torch.is_grad_enabled() and table.requires_grad:
+        return resample_table(table, shape, interpolation, antialias)
+    key = ('table', id(table), table._version, tuple(shape), interpolation, antialias)
+    return pe.cached(key, lambda: resample_table(table, shape, interpolation, antialias))
+
+
+def add_to_patches(x: torch.Tensor, pos: torch.Tensor, num_prefix: int,
+                   prefix_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x (B, p + N, D) plus pos (1, N, D) on the patch tokens (and prefix_pos (1, p, D) on the prefix)."""
+    if prefix_pos is not None:
+        return x + torch.cat([prefix_pos, pos], dim=1).to(x.dtype)
+    if not num_prefix:
+        return x + pos.to(x.dtype)
+    return torch.cat([x[:, :num_prefix], x[:, num_prefix:] + pos.to(x.dtype)], dim=1)
+
+
+class LearnedTable(nn.Module):
+    """A learned channels-last table ``weight`` (1, *grid, D) used at any grid by resampling, with optional
+    rows ``prefix`` (1, p, D) for prefix tokens. ``interpolation`` and ``antialias`` say how it is resampled
+    (default timm's ``resample_abs_pos_embed``: bicubic with antialias; SAM2, DeiT and RoPE-ViT's own code
+    resize without antialias). The scheme's ``resize_state_dict`` resizes it on load."""
+
+    def __init__(self, grid_size, dim: int, num_prefix: int = 0, interpolation: str = 'bicubic',
+                 antialias: bool = True, scheme: str = 'ape'):
+        super().__init__()
+        check_choice(scheme, 'interpolation', interpolation, INTERPOLATIONS_2D)
+        check_bool(scheme, 'antialias', antialias)
+        self.interpolation, self.antialias = interpolation, antialias
+        self.weight = nn.Parameter(torch.zeros(1, *grid_size, dim))
+        self.prefix = nn.Parameter(torch.zeros(1, num_prefix, dim)) if num_prefix else None
+        trunc_normal_(self.weight, std=.02)
+        if self.prefix is not None:
+            trunc_normal_(self.prefix, std=.02)
+
+    def at(self, pe, shape, strategy: Optional[ResolutionStrategy] = None) -> torch.Tensor:
+        """(1, prod(shape), D): the table at ``shape`` (interpolated as ``strategy`` says, if it says)."""
+        interpolation = (strategy and strategy.interpolation) or self.interpolation
+        return cached_resample(pe, self.weight, shape, interpolation, self.antialias).flatten(1, -2)
+
+    def add(self, pe, x: torch.Tensor, grid, strategy: Optional[ResolutionStrategy] = None) -> torch.Tensor:
+        return add_to_patches(x, self.at(pe, grid.shape, strategy), grid.num_prefix, self.prefix)
+
+    def resize_state_dict(self, state_dict, prefix: str, grid_size) -> None:
+        key = prefix + 'weight'
+        if key in state_dict and tuple(state_dict[key].shape[1:-1]) != tuple(grid_size):
+            state_dict[key] = resample_table(state_dict[key], grid_size, self.interpolation, self.antialias)
+
+
+# --------------------------------------------------------------------------------------------- biases
+def grid_bias(rows: slice, grid, lead: Tuple[int, ...],
+              add_patch_part: Callable[[int, torch.Tensor, torch.Tensor], None],
+              prefix_fill: Union[float, torch.Tensor] = 0., dtype=torch.float32, device=None) -> torch.Tensor:
+    """A (*lead, c, N) tensor over the query ``rows`` (a contiguous slice of the p + N_patch sequence, prefix
+    first) and every key, for a quantity defined between patch tokens (an attention bias, bucket ids).
+
+    Pairs with a prefix token hold ``prefix_fill`` (a number, or a tensor broadcastable to (*lead, c, N)).
+    ``add_patch_part(skip, patch_rows, out)`` adds the patch-query x patch-key part into the zeroed view ``out``
+    (*lead, c - skip, N_patch) in place: ``skip`` is the number of prefix rows at the start of the chunk (so
+    the caller's queries are ``q[..., skip:, :]``), ``patch_rows`` the flat patch indices of the other rows.
+    Memory is O(c N), so the attention can work in row chunks on any grid."""
+    p, n = grid.num_prefix, grid.num_tokens
+    first, stop, _ = rows.indices(n)
+    c = stop - first
+    skip = min(max(p - first, 0), c)
+    if isinstance(prefix_fill, torch.Tensor):
+        out = torch.empty(*lead, c, n, dtype=dtype, device=device)
+        out.copy_(prefix_fill.expand(*lead, c, n))
+    else:
+        out = torch.full((*lead, c, n), prefix_fill, dtype=dtype, device=device)
+    if skip < c:
+        patch_rows = torch.arange(first + skip - p, stop - p, device=device)
+        patch_part = out[..., skip:, p:]
+        if isinstance(prefix_fill, torch.Tensor) or prefix_fill != 0:
+            patch_part.zero_()
+        add_patch_part(skip, patch_rows, patch_part)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- convolutions
+def depthwise_conv(rank: int, channels: int, kernel_size: int) -> nn.Module:
+    conv = {2: nn.Conv2d, 3: nn.Conv3d}[rank]
+    return conv(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
+
+
+def check_kernel(scheme: str, kernel_size) -> None:
+    if not isinstance(kernel_size, int) or kernel_size <= 0 or kernel_size % 2 == 0:
+        raise ValueError(f"{scheme}: invalid kernel_size={kernel_size!r}; expected a positive odd integer")
+
+
+def conv_on_grid(conv: nn.Module, x: torch.Tensor, shape) -> torch.Tensor:
+    """conv applied to patch tokens (B, N, C) laid out on the grid ``shape``; returns (B, N, C)."""
+    b, n, c = x.shape
+    y = conv(x.transpose(1, 2).reshape(b, c, *shape))
+    return y.flatten(2).transpose(1, 2)

@@ -1,0 +1,87 @@
+"""Learnable Fourier features (Li et al., "Learnable Fourier Features for Multi-Dimensional Spatial
+Positional Encoding", NeurIPS 2021)."""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .base import PEState, PositionalEncoding
+from .common import add_to_patches, check_positive, check_positive_int, coord_grid
+from .registry import register_pos_encoding
+from .strategy import NO_STRATEGY
+
+
+@dataclass
+class FourierState(PEState):
+    coords: torch.Tensor  # (N, rank), in units of the training grid
+
+
+@register_pos_encoding
+class FourierPE(PositionalEncoding):
+    """Eq. 2 of the paper for a patch at coordinates x (rank M): r = 1/sqrt(F) [cos(x W_r^T) || sin(x W_r^T)],
+    W_r in R^{F/2 x M} ~ N(0, gamma^-2), PE = MLP(r) (one hidden layer, GELU).
+
+    The paper's ``G`` groups are several M-dimensional points of one position (e.g. a box's two corners),
+    sharing W_r and the MLP; a patch has one point, so G = 1 here. ``feature_sets`` is not the paper's G: it
+    splits the width into S parts, each with its own W_r and MLP over the same coordinates (an ensemble of
+    S independent Fourier encodings, concatenated; S = 1 is the paper's model).
+
+    Coordinates are patch indices divided by the training grid (``coord_unit``: the training grid spans
+    [0, 1)), so a larger grid extends the coordinates instead of squeezing them (position interpolation does).
+
+    Options: num_features F (64), hidden_dim (32), gamma (1.0), feature_sets S (1; ``groups`` is its old,
+    deprecated name).
+    """
+    name = 'fourier'
+    hooks = frozenset({'tokens'})
+    position_strategies = ('pi',)
+
+    @classmethod
+    def upgrade_options(cls, options):
+        if 'groups' in options:
+            warnings.warn("fourier: option 'groups' is renamed 'feature_sets' (independent Fourier encodings, not the "
+                          "paper's groups); 'groups' will be removed in the next release", DeprecationWarning, 3)
+            options['feature_sets'] = options.pop('groups')
+
+    def __init__(self, *, num_features: int = 64, hidden_dim: int = 32, gamma: float = 1.0, feature_sets: int = 1,
+                 **common):
+        super().__init__(**common)
+        for opt, v in (('num_features', num_features), ('hidden_dim', hidden_dim), ('feature_sets', feature_sets)):
+            check_positive_int(self.name, opt, v)
+        check_positive(self.name, 'gamma', gamma)
+        if num_features % 2:
+            raise ValueError(f"fourier: invalid num_features={num_features}; expected an even number")
+        if self.dim % feature_sets:
+            raise ValueError(f"fourier: invalid feature_sets={feature_sets}; dim={self.dim} must be divisible by it")
+        self.num_features, self.feature_sets, self.gamma = num_features, feature_sets, gamma
+        sets = feature_sets
+        self.freqs = nn.Parameter(torch.randn(sets, num_features // 2, self.rank) / gamma)
+        # coordinates are patch indices over this grid (the training grid): a persistent buffer, so a
+        # checkpoint loaded at another resolution or ``set_input_size`` keeps the positions it learned
+        self.register_buffer('coord_unit', torch.tensor(self.grid_size, dtype=torch.float32))
+        self.mlp = nn.Sequential(
+            nn.Conv1d(sets * num_features, sets * hidden_dim, 1, groups=sets), nn.GELU(),
+            nn.Conv1d(sets * hidden_dim, self.dim, 1, groups=sets))
+
+    def features(self, coords: torch.Tensor) -> torch.Tensor:
+        """Eq. 2 for (N, M) coordinates: (1, N, D)."""
+        proj = torch.einsum('nm,gfm->gfn', coords, self.freqs)  # (S, F/2, N)
+        r = torch.cat([proj.cos(), proj.sin()], dim=1) / math.sqrt(self.num_features)  # (S, F, N)
+        return self.mlp(r.reshape(1, -1, coords.shape[0])).transpose(1, 2)
+
+    def prepare(self, grid, strategy=NO_STRATEGY, device=None):
+        device = device or self.default_device()
+        if strategy.positions == 'pi':  # position interpolation: the test grid spans [0, 1) too
+            scale = tuple(1. / g for g in grid.shape)
+        else:
+            scale = tuple(1. / u for u in self.coord_unit.tolist())  # the training grid, carried by checkpoints
+        coords = self.cached(('coords', grid.shape, scale, device),
+                             lambda: coord_grid(grid.shape, device=device, scale=scale))
+        return FourierState(coords)
+
+    def tokens(self, x, ctx):
+        return add_to_patches(x, self.features(ctx.state.coords), ctx.grid.num_prefix)

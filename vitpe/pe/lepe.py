@@ -1,0 +1,35 @@
+"""LePE, locally-enhanced positional encoding (CSWin, Dong et al., CVPR 2022, ``LePEAttention.get_lepe``)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import PositionalEncoding
+from .common import check_kernel, conv_on_grid, depthwise_conv
+from .registry import register_pos_encoding
+
+
+@register_pos_encoding
+class LocallyEnhancedPE(PositionalEncoding):
+    """In every attention, out = softmax(q k^T / sqrt(d)) V + DWConv(V), the conv over V laid out on the grid
+    (all heads' channels, one depthwise filter each). Prefix tokens get no conv term. The convolution keeps
+    PyTorch's default initialisation, as CSWin's ``_init_weights`` (Linear and LayerNorm only) does.
+
+    Options: kernel_size (3).
+    """
+    name = 'lepe'
+    hooks = frozenset({'value'})
+
+    def __init__(self, *, kernel_size: int = 3, **common):
+        super().__init__(**common)
+        check_kernel(self.name, kernel_size)
+        self.convs = nn.ModuleList([depthwise_conv(self.rank, self.dim, kernel_size) for _ in range(self.depth)])
+
+    def value(self, out, v, attn, ctx, layer, rows=slice(None)):
+        if rows != slice(None):
+            raise NotImplementedError("lepe adds no bias, so attention never runs it in row chunks")
+        p = ctx.grid.num_prefix
+        b, h, n, d = v.shape
+        vp = v[:, :, p:].transpose(1, 2).reshape(b, n - p, h * d)
+        lepe = conv_on_grid(self.convs[layer], vp, ctx.grid.shape).reshape(b, n - p, h, d).transpose(1, 2)
+        return torch.cat([out[:, :, :p], out[:, :, p:] + lepe], dim=2)

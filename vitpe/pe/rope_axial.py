@@ -1,0 +1,52 @@
+"""Axial RoPE (RoPE-ViT Eq. 10; timm ``RotaryEmbeddingCat``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import PEState, PosContext
+from .common import grid_coords
+from .registry import ZooEntry, register_pos_encoding
+from .rotary import RotaryPE, rope_axial_angles, rope_axial_freqs, rotate_pairs
+from .strategy import NO_STRATEGY
+
+
+@dataclass
+class RotationState(PEState):
+    rot: torch.Tensor  # (N, head_dim/2) unit complex numbers, prefix rows 1
+
+
+@register_pos_encoding
+class RoPEAxial(RotaryPE):
+    """Frequencies theta_k = 1/theta^(k/n), n = head_dim/(2 rank) per axis; one group of channel pairs
+    rotates by c*theta_k, the next by r*theta_k (and t*theta_k in 3D).
+
+    Options: theta (100, the paper's base), ape (also add a learned APE, RoPE-ViT's ``rope_ape``),
+    antialias (of that APE's resampling).
+    """
+    name = 'rope_axial'
+    zoo = (ZooEntry('rope_axial'), ZooEntry('rope_axial_ape', dict(ape=True), ('small', 'base')))
+
+    def __init__(self, *, theta: float = 100., ape: bool = False, antialias: bool = True, **common):
+        super().__init__(theta=theta, ape=ape, antialias=antialias, **common)
+        self.register_buffer('freqs', rope_axial_freqs(self.head_dim, self.rank, self.theta), persistent=False)
+
+    def _apply(self, fn, *args, **kwargs):
+        module = super()._apply(fn, *args, **kwargs)
+        if self.freqs.dtype != torch.float32:  # keep the frequencies in float32 under .half() / .bfloat16()
+            self.freqs = rope_axial_freqs(self.head_dim, self.rank, self.theta).to(self.freqs.device)
+        return module
+
+    def prepare(self, grid, strategy=NO_STRATEGY, device=None):
+        device = device or self.default_device()
+
+        def build():
+            angles = rope_axial_angles(grid_coords(self, grid.shape, strategy, device),
+                                       self.scale_freqs(self.freqs.to(device), grid, strategy))
+            return self.with_prefix(angles, grid.num_prefix)
+        return RotationState(self.cached(('rotation', grid.shape, grid.num_prefix, strategy.positions, device), build))
+
+    def qk(self, q, k, ctx: PosContext, layer: int):
+        rot = ctx.state.rot
+        return rotate_pairs(q, rot), rotate_pairs(k, rot)

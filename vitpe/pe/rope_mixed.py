@@ -1,0 +1,56 @@
+"""Mixed RoPE with learned frequencies (RoPE-ViT Eq. 11-12; timm ``RotaryEmbeddingMixed``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .base import PEState
+from .common import grid_coords
+from .registry import ZooEntry, register_pos_encoding
+from .rotary import RotaryPE, rope_mixed_angles, rope_mixed_init, rotate_pairs
+from .strategy import NO_STRATEGY
+
+
+@dataclass
+class MixedRotationState(PEState):
+    coords: torch.Tensor  # (N, rank) patch coordinates
+    freqs: torch.Tensor  # (rank, depth | 1, heads, head_dim/2), after the resolution strategy
+    num_prefix: int
+
+
+@register_pos_encoding
+class RoPEMixed(RotaryPE):
+    """Learned frequencies per layer and head; the angle of a channel pair is c*f_x + r*f_y (+ t*f_t).
+    ``freqs`` has shape (rank, depth, heads, head_dim/2), initialised with magnitudes 1/theta^(4k/d) along
+    random orthogonal directions.
+
+    Options: theta (10, the paper's base), ape (also add a learned APE), antialias (of that APE's
+    resampling), per_layer (frequencies per layer, True; False shares one set over all layers).
+    """
+    name = 'rope_mixed'
+    zoo = (ZooEntry('rope_mixed'), ZooEntry('rope_mixed_ape', dict(ape=True), ('small', 'base')))
+
+    def __init__(self, *, theta: float = 10., ape: bool = False, antialias: bool = True, per_layer: bool = True,
+                 **common):
+        super().__init__(theta=theta, ape=ape, antialias=antialias, **common)
+        self.per_layer = per_layer
+        freqs = rope_mixed_init(self.head_dim, self.depth if per_layer else 1, self.num_heads, self.rank, self.theta)
+        self.freqs = nn.Parameter(freqs)
+
+    def no_weight_decay(self):
+        return {'freqs'}
+
+    def prepare(self, grid, strategy=NO_STRATEGY, device=None):
+        # the rotation of each layer is built in ``qk`` when the layer runs, so inference holds one
+        # layer's (heads, N, P) rotation at a time instead of all depth x heads x N x P at once
+        device = device or self.default_device()
+        return MixedRotationState(grid_coords(self, grid.shape, strategy, device),
+                                  self.scale_freqs(self.freqs, grid, strategy), grid.num_prefix)
+
+    def qk(self, q, k, ctx, layer):
+        state = ctx.state
+        ang = rope_mixed_angles(state.coords, state.freqs[:, layer if self.per_layer else 0])  # (heads, N, P)
+        rot = self.with_prefix(ang, state.num_prefix)
+        return rotate_pairs(q, rot), rotate_pairs(k, rot)
