@@ -48,3 +48,14 @@ def test_renamed_fourier_option_is_an_alias():
     with pytest.warns(DeprecationWarning, match="'groups' is renamed 'feature_sets'"):
         pe = vitpe.create_pos_encoding('fourier', dim=32, num_heads=2, depth=1, grid_size=(4, 4), groups=2)
     assert pe.feature_sets == 2 and pe.freqs.shape[0] == 2
+
+
+def test_strategy_attributes_of_the_previous_release_say_where_the_strategy_went():
+    """Flipping the old attributes would now do nothing; they raise instead of failing silently."""
+    m = vitpe.VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2, pos_enc='rope_axial')
+    for obj, attr in ((m.pos_enc, 'resolution_strategy'), (m, 'attn_logit_scaling')):
+        with pytest.raises(AttributeError, match=r"strategy='pi\+logit'"):
+            setattr(obj, attr, True)
+    with pytest.warns(DeprecationWarning, match='renamed position_strategies'):
+        assert m.pos_enc.strategies == ('pi', 'ntk', 'yarn')
+    from vitpe.pe.base import create_pos_encoding, register_pos_encoding  # noqa: F401  (old import path)

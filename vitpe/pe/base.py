@@ -37,12 +37,16 @@ pre-hook, so every loader resizes) and ``set_grid_size`` (``set_input_size``).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Dict, FrozenSet, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from .common import check_choice, check_positive  # noqa: F401  (old import path)
+from .registry import (create_pos_encoding, get_pos_encoding_class, list_pos_encodings,  # noqa: F401  (old path)
+                       register_pos_encoding, scheme_options)
 from .strategy import NO_STRATEGY, POSITION_STRATEGIES, TABLE_STRATEGIES, ResolutionStrategy
 
 __all__ = ['Grid', 'PEState', 'PosContext', 'PositionalEncoding', 'HOOKS']
@@ -94,6 +98,11 @@ def _tag(name: str) -> torch.Tensor:
 def untag(t: torch.Tensor) -> str:
     """The scheme name stored in a checkpoint's ``pos_enc.scheme`` entry."""
     return bytes(t.to(torch.uint8).tolist()).decode(errors='replace')
+
+
+_untag = untag  # the old name
+_MOVED_STRATEGY = ("the resolution strategy is no longer a module attribute: pass it to the forward "
+                   "(model(x, strategy='pi+logit')) or use vitpe.use_strategy / vitpe.eval.apply_strategy")
 
 
 class PositionalEncoding(nn.Module):
@@ -195,6 +204,20 @@ class PositionalEncoding(nn.Module):
         if bad:
             raise ValueError(f"strategy {bad[0]!r} does not apply to scheme '{self.name}'; it takes "
                              f"{['none'] + self.applicable_strategies()}")
+
+    @property
+    def strategies(self) -> Tuple[str, ...]:
+        """Deprecated name of ``position_strategies``."""
+        warnings.warn("PositionalEncoding.strategies is renamed position_strategies", DeprecationWarning, 2)
+        return self.position_strategies
+
+    @property
+    def resolution_strategy(self) -> str:
+        raise AttributeError(_MOVED_STRATEGY)
+
+    @resolution_strategy.setter
+    def resolution_strategy(self, value) -> None:
+        raise AttributeError(_MOVED_STRATEGY)
 
     def logit_temperature(self, grid: Grid, strategy: ResolutionStrategy) -> float:
         """The scheme's own factor on the attention logits under ``strategy`` (YaRN's temperature); 1.0."""
