@@ -145,40 +145,49 @@ class IRPE(PositionalEncoding):
             self.register_parameter(f'{target}_table', nn.Parameter(torch.zeros(self.depth, axes, heads, *shape)))
         self.table = LearnedTable(self.grid_size, self.dim, self.num_prefix_tokens, scheme=self.name) if ape else None
         self.needs_attn_probs = 'v' in on
-        self.hooks = self.hooks - ({'tokens'} if not ape else set()) - ({'bias'} if on == 'v' else set()) \
-            - ({'value'} if 'v' not in on else set())
+        unused = {'tokens'} if not ape else set()
+        unused |= {'bias'} if on == 'v' else set()
+        unused |= {'value'} if 'v' not in on else set()
+        self.hooks = self.hooks - unused
 
     def tokens(self, x, ctx):
         return self.table.add(self, x, ctx.grid, ctx.strategy)
 
     # ----------------------------------------------------------------- bucket ids
+    def _ids(self, shape: Tuple[int, ...], patch_rows: Optional[torch.Tensor], keys_first: bool, device):
+        """Bucket ids by offset lookup, one (rows, N_patch) or (N_patch, rows) slice per axis table."""
+        axes = range(len(shape)) if self.method == 'cross' else [None]
+        out = []
+        for a in axes:
+            lookup = self.cached(('lookup', shape, a, device), lambda: irpe_offset_lookup(
+                shape, self.method, self.alpha, self.beta, self.gamma, device=device, axis=a))
+            out.append(irpe_bucket_ids(shape, self.method, self.alpha, self.beta, self.gamma, axis=a, rows=patch_rows,
+                                       keys_first=keys_first, lookup=lookup))
+        return torch.stack(out)
+
     def patch_ids(self, shape: Tuple[int, ...], patch_rows: Optional[torch.Tensor], device,
                   keys_first: bool = False) -> torch.Tensor:
         """(axes, rows, N_patch) bucket ids of the patch queries ``patch_rows`` (all when None) against every
         patch key; with ``keys_first`` (axes, N_patch, rows): the bucket of (key j as query, query i as key)."""
-        axes = range(len(shape)) if self.method == 'cross' else [None]
-
-        def ids(rows, flip):
-            return torch.stack([irpe_bucket_ids(shape, self.method, self.alpha, self.beta, self.gamma, axis=a,
-                                                rows=rows, keys_first=flip, lookup=self.cached(
-                                                    ('lookup', shape, a, device), lambda: irpe_offset_lookup(
-                                                        shape, self.method, self.alpha, self.beta, self.gamma,
-                                                        device=device, axis=a))) for a in axes])
         if math.prod(shape) > self.cache_tokens:
-            return ids(patch_rows, keys_first)
-        full = self.cached(('ids', shape, device), lambda: ids(None, False))  # full[a, i, j]: bucket of q_i - k_j
+            return self._ids(shape, patch_rows, keys_first, device)
+        # full[a, i, j]: the bucket of the offset q_i - k_j, for every pair of patches
+        full = self.cached(('ids', shape, device), lambda: self._ids(shape, None, False, device))
         if patch_rows is None:
             return full
         return full[:, :, patch_rows] if keys_first else full[:, patch_rows]
 
-    def bucket_ids(self, grid, rows: slice = slice(None)) -> torch.Tensor:
+    def bucket_ids(self, grid, rows: slice = slice(None), device=None) -> torch.Tensor:
         """(axes, rows, N) bucket ids of the query ``rows`` against every token, prefix pairs included."""
-        device = self.default_device()
+        device = device or self.default_device()
         axes = grid.rank if self.method == 'cross' else 1
 
-        def fill(skip, patch_rows, out):
-            out.copy_(self.patch_ids(grid.shape, patch_rows, device))
-        return grid_bias(rows, grid, (axes,), fill, self.prefix_bucket, dtype=torch.long, device=device)
+        def build():
+            return grid_bias(rows, grid, (axes,), lambda skip, patch_rows, out: out.copy_(
+                self.patch_ids(grid.shape, patch_rows, device)), self.prefix_bucket, dtype=torch.long, device=device)
+        if rows == slice(None) and grid.num_tokens <= self.cache_tokens:
+            return self.cached(('bucket_ids', grid, device), build)
+        return build()
 
     # ----------------------------------------------------------------- hooks
     def _encode(self, x, table, ids, scale):
@@ -198,7 +207,8 @@ class IRPE(PositionalEncoding):
         return out
 
     def _prefix_encoding(self, x, table, scale):
-        """Encoding of the prefix bucket, summed over axis tables: (1, H|1, 1, 1) in bias mode, else (B, H, rows, 1)."""
+        """Encoding of the prefix bucket, summed over axis tables: (1, H|1, 1, 1) in bias mode, else
+        (B, H, rows, 1)."""
         pb = self.prefix_bucket
         if self.mode == 'bias':
             return table[:, :, pb].sum(0)[None, :, None, None]
@@ -225,7 +235,7 @@ class IRPE(PositionalEncoding):
         return grid_bias(rows, grid, lead, add_patch_part, fill, dtype=q.dtype, device=q.device)
 
     def value(self, out, v, attn, ctx, layer, rows=slice(None)):
-        ids = self.bucket_ids(ctx.grid, rows).to(attn.device)
+        ids = self.bucket_ids(ctx.grid, rows, attn.device)
         table = self.v_table[layer]  # (axes, H|1, buckets, d)
         for a in range(ids.shape[0]):
             per_bucket = attn.new_zeros(*attn.shape[:-1], table.shape[-2])
