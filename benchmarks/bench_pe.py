@@ -10,19 +10,18 @@ same scheme where timm has one.
 
 Prints a table of ratios (vitpe / reference; > 1 means vitpe is faster) and writes one JSON record per
 measurement. On CUDA it uses bf16 autocast and CUDA events; on the CPU float32 and perf_counter.
-Peak memory: CUDA max_memory_allocated; CPU the largest rise of malloc's bytes in use (glibc mallinfo2,
-sampled every half millisecond) during the measured step. ``benchmarks/peak_memory.py`` measures one
-forward's peak resident set in a fresh process instead (the test of the 1.5x bound uses it).
+Peak memory (``vitpe.memory.PeakMemory``): CUDA max_memory_allocated; CPU the largest rise of malloc's
+bytes in use (glibc mallinfo2, sampled every half millisecond) during the measured step.
+``benchmarks/peak_memory.py`` measures one forward the same way in a fresh process (the test of the 1.5x
+bound uses it).
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import math
 import os
 import sys
-import threading
 import time
 from typing import Callable, Dict, List
 
@@ -33,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import timm  # noqa: E402
 
 import vitpe  # noqa: E402
+from vitpe.memory import peak_memory_mb  # noqa: E402
 
 SIZES = {'tiny': (192, 3), 'small': (384, 6), 'base': (768, 12)}
 
@@ -77,48 +77,6 @@ MATCH_TIMM = {'rope_axial': lambda img: dict(init_values=1e-5), 'rope_mixed': la
               'abswin': lambda img: dict(pos_enc_args=dict(window_size=abswin_window(img)))}
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks', 'fsmblks', 'uordblks', 'fordblks',
-                 'keepcost')]
-
-
-class PeakHeap:
-    """Largest rise of the bytes malloc has handed out and not taken back (glibc ``mallinfo2``: heap
-    ``uordblks`` plus mmapped ``hblkhd``) above the level at ``__enter__``, sampled every ``interval`` by a
-    thread. Unlike the resident set, freed memory that the allocator keeps does not count."""
-
-    def __init__(self, interval: float = 0.0005):
-        self.interval = interval
-        self.libc = ctypes.CDLL('libc.so.6')
-        self.libc.mallinfo2.restype = _MallInfo2
-
-    def in_use(self) -> int:
-        info = self.libc.mallinfo2()
-        return info.uordblks + info.hblkhd
-
-    def __enter__(self):
-        self.base = self.peak = self.in_use()
-        self.running = True
-        self.thread = threading.Thread(target=self._poll, daemon=True)
-        self.thread.start()
-        return self
-
-    def _poll(self):
-        while self.running:
-            self.peak = max(self.peak, self.in_use())
-            time.sleep(self.interval)
-
-    def __exit__(self, *exc):
-        self.running = False
-        self.thread.join()
-        self.peak = max(self.peak, self.in_use())
-
-    @property
-    def mb(self) -> float:
-        return (self.peak - self.base) / 2 ** 20
-
-
 def make_step(model, x, mode: str, device) -> Callable[[], None]:
     amp = device.type == 'cuda'
 
@@ -149,19 +107,6 @@ def timed(step, device) -> float:
     return time.perf_counter() - t0
 
 
-def peak_memory(step, device) -> float:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        step()
-        torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
-    with PeakHeap() as m:
-        step()
-    return m.mb
-
-
 def build(scheme: str, size: str, img: int, device, timm_ref: bool = False, match_timm: bool = False):
     if timm_ref:
         model = TIMM_REFS[scheme](size, img)
@@ -180,7 +125,7 @@ def measure_group(models: Dict[str, torch.nn.Module], img: int, batch: int, mode
         model.train(mode == 'train')
         steps[name] = make_step(model, x, mode, device)
     best = best_times(steps, repeats, device)
-    mems = {name: peak_memory(step, device) for name, step in steps.items()}
+    mems = {name: peak_memory_mb(step, device) for name, step in steps.items()}
     return {name: {'imgs_per_s': batch / best[name], 'peak_mem_mb': mems[name]} for name in models}
 
 
