@@ -1,0 +1,229 @@
+"""The training configuration: one dataclass that YAML files and the command line both fill.
+
+Names follow timm's ``train.py`` where timm has the option (``--smoothing``, ``--initial-checkpoint``,
+``--model-ema-decay``, ...). Precedence: command line over YAML (``--config``) over the defaults below.
+Renamed options keep their old names as deprecated aliases (a ``FutureWarning``, shown to CLI users):
+
+    --label-smoothing  -> --smoothing            --finetune -> --initial-checkpoint
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import typing
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+# deprecated name -> field name (CLI flags with '-', YAML keys with '_')
+ALIASES = {'label_smoothing': 'smoothing', 'finetune': 'initial_checkpoint'}
+
+
+def option(default=None, help: str = '', *, factory=None, hidden: bool = False, **cli):
+    """A config field: its default, its ``--help`` line and extra ``add_argument`` keywords."""
+    meta = {'help': help, 'hidden': hidden, 'cli': cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``train``; the YAML key and the field name are the same (``--img-size`` is ``img_size``)."""
+    model: Optional[str] = option(None, 'timm model name, e.g. vitpe_tiny_patch16_rope_mixed_224 '
+                                  '(not needed with --initial-checkpoint or --resume, which name the model)')
+    model_kwargs: Dict[str, Any] = option(help='extra model arguments: JSON (\'{"depth": 6}\') or timm-style '
+                                          'key=value pairs (depth=6 patch_size=8)', factory=dict, nargs='+')
+    data: str = option('synthetic:position', 'synthetic:<position|quadrant|kind> or an ImageFolder path')
+    img_size: int = option(64, 'training resolution (pixels, square)')
+    train_samples: Optional[int] = option(None, 'built-in data: training scenes')
+    val_samples: Optional[int] = option(None, 'built-in data: validation scenes')
+    epochs: int = option(10, 'epochs to train')
+    batch_size: int = option(64, 'global batch over all processes (timm: per process)')
+    opt: str = option('adamw', "timm optimizer name")
+    lr: float = option(1e-3, 'peak learning rate')
+    weight_decay: float = option(0.05, 'weight decay')
+    sched: str = option('cosine', 'timm scheduler name (stepped per update)')
+    warmup_steps: int = option(50, 'linear warm-up over this many updates, then the schedule')
+    min_lr: float = option(1e-5, 'lowest learning rate of the schedule')
+    clip_grad: float = option(1.0, 'clip the gradient norm to this (0: off)')
+    smoothing: float = option(0.0, 'label smoothing')
+    mixup: float = option(0.0, 'mixup alpha (0: off)')
+    cutmix: float = option(0.0, 'cutmix alpha (0: off)')
+    model_ema: bool = option(False, 'keep an EMA of the weights (timm ModelEmaV3)')
+    model_ema_decay: float = option(0.998, 'EMA decay per update')
+    amp: bool = option(False, 'mixed precision (bf16 autocast)')
+    workers: int = option(0, 'data loader worker processes')
+    seed: int = option(0, 'random seed')
+    output: str = option('runs/train', 'folder for checkpoints and logs')
+    resume: Optional[str] = option(None, 'continue from a checkpoint (the flag alone: <output>/last.pth, '
+                                   'or a fresh start when there is none yet)', nargs='?', const='auto')
+    initial_checkpoint: Optional[str] = option(None, 'start from the weights of a vitpe training checkpoint '
+                                               '(tables resized to --img-size; a new head for other classes)')
+    max_steps_per_epoch: Optional[int] = option(None, 'cap on updates per epoch (tests)', hidden=True)
+    quiet: bool = option(False, 'no progress bars or per-epoch lines')
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any], source: str = 'config') -> 'TrainConfig':
+        """A config from a mapping (YAML keys); unknown keys and values of the wrong type raise ValueError."""
+        values = _rename_aliases(dict(values), source)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{source} has unknown keys {unknown}")
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: check_type(k, v, hints[k], source) for k, v in values.items()})
+
+    @classmethod
+    def from_yaml(cls, path: str, **overrides) -> 'TrainConfig':
+        """A config from a YAML file; ``overrides`` (field names) take precedence over the file."""
+        source = f"config {path!r}"
+        return cls.from_dict({**_rename_aliases(read_yaml(path), source), **overrides}, source=source)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> 'TrainConfig':
+        return dataclasses.replace(self, **changes)
+
+
+def read_yaml(path: str) -> Dict[str, Any]:
+    """The mapping at the top of a YAML file (an empty file is an empty mapping)."""
+    with open(path) as f:
+        values = yaml.safe_load(f) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"config {path!r} must hold a mapping of option: value, not a {type(values).__name__}")
+    return values
+
+
+def _rename_aliases(values: Dict[str, Any], source: str) -> Dict[str, Any]:
+    """Deprecated keys renamed to their fields (with a FutureWarning)."""
+    for old, new in ALIASES.items():
+        if old in values:
+            warnings.warn(f"{source}: {old} is deprecated; use {new}", FutureWarning, stacklevel=3)
+            if new in values:
+                raise ValueError(f"{source} gives both {old} and {new} (the same option)")
+            values[new] = values.pop(old)
+    return values
+
+
+def _base_type(hint) -> type:
+    """int for int and Optional[int]; dict for Dict[str, Any]."""
+    if typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return typing.get_origin(hint) or hint
+
+
+def check_type(name: str, value: Any, hint, source: str = 'config') -> Any:
+    """``value`` as the field's type: ints widen to floats, YAML's '1e-3' (a string) becomes a float; any
+    other mismatch raises ValueError naming the key, the expected type and the value."""
+    optional = type(None) in typing.get_args(hint)
+    if value is None and optional:
+        return None
+    base = _base_type(hint)
+    if base is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, base) and not (base is int and isinstance(value, bool)):
+        return value
+    expected = base.__name__ + (' or null' if optional else '')
+    raise ValueError(f"{source}: {name} must be {expected}, got {type(value).__name__} {value!r}")
+
+
+def parse_kwargs(values: List[str]) -> Dict[str, Any]:
+    """``--model-kwargs`` values: one JSON object, or key=value pairs (values as Python literals, as timm)."""
+    if len(values) == 1 and values[0].lstrip().startswith('{'):
+        try:
+            out = json.loads(values[0])
+        except json.JSONDecodeError as e:
+            raise argparse.ArgumentTypeError(f"--model-kwargs is not valid JSON ({e}): {values[0]!r}") from None
+        return out
+    out = {}
+    for item in values:
+        key, sep, text = item.partition('=')
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"--model-kwargs expects key=value or a JSON object, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[key] = text  # a bare word: a string, as timm's ParseKwargs
+    return out
+
+
+class _KwargsAction(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            setattr(namespace, self.dest, parse_kwargs(values))
+        except argparse.ArgumentTypeError as e:
+            parser.error(str(e))
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old flag: warns, then stores into the new option's field."""
+
+    def __init__(self, *args, new_flag: str = '', **kwargs):
+        self.new_flag = new_flag
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        warnings.warn(f"{option_string} is deprecated; use {self.new_flag}", FutureWarning, stacklevel=2)
+        setattr(namespace, self.dest, values)
+
+
+def _flag(name: str) -> str:
+    return '--' + name.replace('_', '-')
+
+
+def _argument(f: dataclasses.Field, hint) -> Dict[str, Any]:
+    """``add_argument`` keywords for one field, derived from its type and metadata."""
+    meta = f.metadata
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    kwargs: Dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, **meta['cli'])
+    kwargs['help'] = argparse.SUPPRESS if meta['hidden'] else f"{meta['help']} (default: {default})"
+    base = _base_type(hint)
+    if base is bool:
+        kwargs['action'] = argparse.BooleanOptionalAction
+    elif base is dict:
+        kwargs['action'] = _KwargsAction
+    else:
+        kwargs['type'] = base
+    return kwargs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``tools/train.py``: one option per ``TrainConfig`` field, plus ``--config``."""
+    p = argparse.ArgumentParser(description='Train or fine-tune a vitpe / timm model.')
+    p.add_argument('-c', '--config', default=None,
+                   help='YAML file of options (keys as the long options, with _); the command line overrides it')
+    hints = typing.get_type_hints(TrainConfig)
+    new_to_old = {new: old for old, new in ALIASES.items()}
+    for f in dataclasses.fields(TrainConfig):
+        kwargs = _argument(f, hints[f.name])
+        p.add_argument(_flag(f.name), **kwargs)
+        if f.name in new_to_old:
+            alias = {k: v for k, v in kwargs.items() if k not in ('action', 'help')}
+            p.add_argument(_flag(new_to_old[f.name]), action=_DeprecatedAlias, new_flag=_flag(f.name),
+                           help=f"deprecated alias of {_flag(f.name)}", **alias)
+    return p
+
+
+def parse_config(argv: Optional[List[str]] = None) -> TrainConfig:
+    """Command line (and the YAML it names) to a ``TrainConfig``: CLI over YAML over defaults."""
+    parser = build_parser()
+    given = vars(parser.parse_args(argv))
+    path = given.pop('config', None)
+    values = read_yaml(path) if path else {}
+    source = f"config {path!r}" if path else 'command line'
+    values = _rename_aliases(values, source)
+    cfg = TrainConfig.from_dict({**values, **given}, source=source)
+    if not (cfg.model or cfg.initial_checkpoint or cfg.resume):
+        parser.error('--model is required (or --initial-checkpoint / --resume, which name the model)')
+    return cfg
