@@ -11,7 +11,7 @@ import sys
 import torch
 
 from vitpe.eval import STRATEGIES, sweep, to_markdown, write_results
-from vitpe.training import TrainingError
+from vitpe.errors import TrainingError
 
 
 def main(argv=None):

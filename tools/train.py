@@ -3,13 +3,30 @@
 
     python tools/train.py --model vitpe_tiny_patch16_rope_mixed_224 --data synthetic:position \\
         --img-size 64 --epochs 30 --output runs/x
+    python tools/train.py --config configs/train_tiny_rope_mixed_position_64.yaml --output runs/y --lr 2e-3
     torchrun --nproc_per_node=2 tools/train.py ...      # several processes (DDP)
     python tools/train.py --output runs/x --resume        # continue after a kill
-    python tools/train.py --finetune runs/x/best.pth --img-size 96 --output runs/x96
+    python tools/train.py --initial-checkpoint runs/x/best.pth --img-size 96 --output runs/x96
+
+The options are the fields of ``vitpe.config.TrainConfig``; the loop is ``vitpe.training.train``.
 """
 import sys
 
-from vitpe.training import main
+from vitpe.config import parse_config
+from vitpe.errors import TrainingError
+from vitpe.training import train
+
+
+def main(argv=None, callbacks=None) -> int:
+    """Parse the command line into a TrainConfig and train; a TrainingError prints its message, exit code 2."""
+    cfg = parse_config(argv)
+    try:
+        train(cfg, callbacks=callbacks)
+    except TrainingError as e:
+        print(f"error: {e}", flush=True)
+        return 2
+    return 0
+
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import csv
 import os
-import resource
-import time
 from dataclasses import asdict, dataclass
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..checkpoint import load_model
 from ..data import build_dataset
-from .strategies import applicable_strategies, apply_strategy
+from ..memory import PeakMemory
+from .loop import evaluate, tensor_batches
+from .strategies import applicable_strategies
 
 
 @dataclass
 class Record:
+    """One evaluation: ``imgs_per_s`` over the forward passes only (data prepared beforehand);
+    ``peak_mem_mb`` the peak rise of memory during the evaluation (``vitpe.memory.PeakMemory``)."""
     checkpoint: str
     label: str
     model: str
@@ -34,22 +36,6 @@ class Record:
     device: str
 
 
-def load_model(path: str, device: torch.device = torch.device('cpu')):
-    """The model of a vitpe training checkpoint, built at its training resolution, in eval mode."""
-    from ..training import create_model, load_checkpoint
-    ckpt = load_checkpoint(path)
-    model = create_model(ckpt['model_name'], ckpt['num_classes'], ckpt['img_size'], ckpt['model_kwargs'])
-    model.load_state_dict(ckpt['model'])
-    return model.to(device).eval(), ckpt
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: peak allocated since the last reset. CPU: the process's peak resident set (monotone)."""
-    if device.type == 'cuda':
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def check_resolutions(model, resolutions: Sequence[int]) -> None:
     """Every resolution must give a grid (the patch embedding's own check), reported all at once."""
     bad = []
@@ -60,27 +46,6 @@ def check_resolutions(model, resolutions: Sequence[int]) -> None:
             bad.append(r)
     if bad:
         raise ValueError(f"resolutions {bad} are not divisible by the model's patch size {model.patch_embed.patch_size}")
-
-
-@torch.no_grad()
-def evaluate_tensors(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                     device: torch.device) -> Dict[str, float]:
-    correct, loss, n = 0, 0.0, 0
-    if device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats(device)
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for i in range(0, len(images), batch_size):
-        x, y = images[i:i + batch_size].to(device), labels[i:i + batch_size].to(device)
-        out = model(x).float()
-        loss += F.cross_entropy(out, y, reduction='sum').item()
-        correct += (out.argmax(-1) == y).sum().item()
-        n += len(y)
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - start
-    return {'acc': correct / max(n, 1), 'loss': loss / max(n, 1), 'n': n, 'imgs_per_s': n / elapsed,
-            'peak_mem_mb': peak_memory_mb(device)}
 
 
 def materialize(dataset) -> tuple:
@@ -123,13 +88,13 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
             split = 'test' if spec.startswith('synthetic') else 'val'
             cache[key] = materialize(build_dataset(spec, res, split, samples))
         images, targets = cache[key]
-        with apply_strategy(model, strategy):
-            m = evaluate_tensors(model, images, targets, batch_size, device)
+        with PeakMemory(device) as mem:
+            m = evaluate(model, tensor_batches(images, targets, batch_size), device, strategy=strategy)
         label = labels[i] if labels else os.path.basename(os.path.dirname(os.path.abspath(path)))
         records.append(Record(checkpoint=path, label=label, model=ckpt['model_name'],
                               scheme=getattr(model.pos_enc, 'name', '?'), train_res=int(ckpt['img_size']), res=res,
                               strategy=strategy, acc=m['acc'], loss=m['loss'], n=m['n'],
-                              imgs_per_s=m['imgs_per_s'], peak_mem_mb=m['peak_mem_mb'], device=str(device)))
+                              imgs_per_s=m['n'] / m['seconds'], peak_mem_mb=mem.mb, device=str(device)))
     return records
 
 

@@ -1,0 +1,11 @@
+"""The errors training, checkpoints and evaluation raise for the user (a message naming the problem)."""
+
+
+class TrainingError(RuntimeError):
+    """Training stopped with a message for the user (NaN loss, bad checkpoint)."""
+
+
+class CheckpointError(TrainingError):
+    """A checkpoint file is missing, unreadable, not a vitpe training checkpoint, or holds pickled objects.
+
+    A ``TrainingError``, so code that caught ``TrainingError`` around a load keeps working."""
