@@ -1,69 +1,132 @@
 #!/usr/bin/env python
-"""The resolution study (README's main job): train a tiny model per positional scheme on the built-in
+"""The resolution study (README's main job): train a small model per positional scheme on the built-in
 position task at a small resolution, then evaluate every one at resolutions from 0.75x to 2.5x the
 training size with no fine-tuning, and print the table and write the plot.
 
     python tools/study.py --config configs/study_position_64.yaml --output study
+    python tools/study.py --schemes ape rope_mixed --output study_two     # only these schemes
 
 Interrupted? Run the same command again: finished runs are kept, a run in progress resumes from
 its last finished epoch.
+
+The config (YAML): ``task`` (data of the main runs), ``model`` (a name with ``{scheme}`` in it),
+``model_kwargs``, ``schemes`` (``all``: every registered scheme, ``vitpe.list_pos_encodings()``; or a
+list), ``controls`` (task: [schemes] trained on another task), ``train`` (``TrainConfig`` fields),
+``resolutions``, ``eval_samples`` and ``strategy_schemes`` (swept with every strategy that applies).
 """
 import argparse
-import json
 import os
 import sys
 import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
 
-import yaml
 from tqdm import tqdm
 
+import vitpe
+from vitpe.checkpoint import load_checkpoint
+from vitpe.config import TrainConfig, read_yaml
 from vitpe.eval import sweep, to_markdown, write_results
-from vitpe.training import load_checkpoint, parse_args, train
+from vitpe.training import train
+
+REQUIRED = ('task', 'model', 'schemes', 'train', 'resolutions', 'eval_samples')
+OPTIONAL = ('model_kwargs', 'controls', 'strategy_schemes')
 
 
-def run_done(folder: str, epochs: int) -> bool:
-    path = os.path.join(folder, 'last.pth')
-    return os.path.exists(path) and load_checkpoint(path)['epoch'] + 1 >= epochs
+@dataclass
+class StudyRun:
+    name: str  # folder under <output>/runs and row label
+    scheme: str
+    task: str
+    config: TrainConfig
 
 
-def main(argv=None):
+def load_study(path: str) -> Dict[str, Any]:
+    """A study config; unknown or missing keys raise ValueError naming them."""
+    study = read_yaml(path)
+    unknown = sorted(set(study) - set(REQUIRED) - set(OPTIONAL))
+    missing = [k for k in REQUIRED if k not in study]
+    if unknown or missing:
+        raise ValueError(f"study config {path!r}: unknown keys {unknown}, missing keys {missing}")
+    if '{scheme}' not in study['model']:
+        raise ValueError(f"study config {path!r}: model {study['model']!r} must contain {{scheme}}")
+    study['source'] = path
+    return study
+
+
+def resolve_schemes(spec) -> List[str]:
+    """``'all'``: every registered scheme; a list: those, each checked against the registry."""
+    registered = vitpe.list_pos_encodings()
+    if spec == 'all':
+        return list(registered)
+    unknown = [s for s in spec if s not in registered]
+    if isinstance(spec, str) or unknown:
+        raise ValueError(f"schemes must be 'all' or a list of registered schemes {registered}; unknown: "
+                         f"{unknown or spec!r}")
+    return list(spec)
+
+
+def plan_runs(study: Dict[str, Any], output: str, schemes: Optional[List[str]] = None) -> List[StudyRun]:
+    """One run per scheme on the study's task, then the control runs; each with its ``TrainConfig``."""
+    pairs = [(s, s, study['task']) for s in resolve_schemes(schemes or study['schemes'])]
+    for task, names in (study.get('controls') or {}).items():
+        pairs += [(f"{s}-{task.split(':')[-1]}", s, task) for s in resolve_schemes(names)]
+    runs = []
+    for name, scheme, task in pairs:
+        values = {**study['train'], 'model': study['model'].format(scheme=scheme),
+                  'model_kwargs': dict(study.get('model_kwargs') or {}), 'data': task,
+                  'output': os.path.join(output, 'runs', name), 'resume': 'auto', 'quiet': True}
+        runs.append(StudyRun(name, scheme, task,
+                             TrainConfig.from_dict(values, source=f"study config {study['source']!r} (train)")))
+    return runs
+
+
+def run_done(run: StudyRun) -> bool:
+    path = os.path.join(run.config.output, 'last.pth')
+    return os.path.exists(path) and load_checkpoint(path)['epoch'] + 1 >= run.config.epochs
+
+
+def train_all(runs: List[StudyRun], started: float) -> None:
+    """Train every run not finished yet (an interrupted one resumes)."""
+    outer = tqdm(runs, desc='study: training', unit='run')
+    for run in outer:
+        outer.set_postfix(run=run.name)
+        if run_done(run):
+            continue
+        summary = train(run.config)
+        tqdm.write(f"{run.name}: val_acc {summary['val_acc']:.3f} at {run.config.img_size} px "
+                   f"({(time.time() - started) / 60:.1f} min so far)")
+
+
+def evaluate_all(study: Dict[str, Any], runs: List[StudyRun]) -> list:
+    """Every run's best checkpoint at every resolution; ``strategy_schemes`` also with every strategy."""
+    ckpts = [os.path.join(r.config.output, 'best.pth') for r in runs]
+    labels = [r.name for r in runs]
+    records = sweep(ckpts, study['resolutions'], ['none'], samples=study['eval_samples'], labels=labels)
+    chosen = [(c, r.name) for c, r in zip(ckpts, runs)
+              if r.scheme in (study.get('strategy_schemes') or []) and r.task == study['task']]
+    if chosen:
+        extra = sweep([c for c, _ in chosen], study['resolutions'], ['all'], samples=study['eval_samples'],
+                      labels=[name for _, name in chosen])
+        records += [r for r in extra if r.strategy != 'none']
+    return records
+
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--config', default='configs/study_position_64.yaml')
     ap.add_argument('--output', default='study')
     ap.add_argument('--schemes', nargs='+', help='override the config: only these schemes')
     args = ap.parse_args(argv)
-    with open(args.config) as f:
-        cfg = yaml.safe_load(f)
-    schemes = args.schemes or cfg['schemes']
-    runs = [(f"{s}", s, cfg['task']) for s in schemes]
-    runs += [(f"{s}-{task.split(':')[1]}", s, task) for task, ss in cfg.get('controls', {}).items() for s in ss]
-    t0 = time.time()
-    outer = tqdm(runs, desc='study: training', unit='run')
-    for name, scheme, task in outer:
-        outer.set_postfix(run=name)
-        folder = os.path.join(args.output, 'runs', name)
-        if run_done(folder, cfg['train']['epochs']):
-            continue
-        train_argv = ['--model', f"{cfg['model_prefix']}_{scheme}_224", '--model-kwargs', json.dumps(cfg['model']),
-                      '--data', task, '--output', folder, '--resume', '--quiet']
-        for key, value in cfg['train'].items():
-            train_argv += [f"--{key.replace('_', '-')}", str(value)]
-        summary = train(parse_args(train_argv))
-        tqdm.write(f"{name}: val_acc {summary['val_acc']:.3f} at {cfg['train']['img_size']} px "
-                   f"({(time.time() - t0) / 60:.1f} min so far)")
-    main_runs = [r for r in runs if r[2] == cfg['task']]
-    ckpts = [os.path.join(args.output, 'runs', name, 'best.pth') for name, _, _ in runs]
-    labels = [name for name, _, _ in runs]
-    res = cfg['resolutions']
-    records = sweep(ckpts, res, ['none'], samples=cfg['eval_samples'], labels=labels)
-    if cfg.get('strategy_schemes'):
-        chosen = [(c, l) for c, l, (name, s, task) in zip(ckpts, labels, runs)
-                  if s in cfg['strategy_schemes'] and task == cfg['task']]
-        extra = sweep([c for c, _ in chosen], res, ['all'], samples=cfg['eval_samples'], labels=[l for _, l in chosen])
-        records += [r for r in extra if r.strategy != 'none']
+    study = load_study(args.config)
+    runs = plan_runs(study, args.output, args.schemes)
+    started = time.time()
+    train_all(runs, started)
+    records = evaluate_all(study, runs)
     paths = write_results(records, args.output)
-    print(f"\nResolution study: {len(main_runs)} schemes on {cfg['task']}, trained at {cfg['train']['img_size']} px, "
-          f"{len(runs) - len(main_runs)} control runs; {(time.time() - t0) / 60:.1f} min\n")
+    n_main = sum(r.task == study['task'] for r in runs)
+    print(f"\nResolution study: {n_main} schemes on {study['task']}, trained at {runs[0].config.img_size} px, "
+          f"{len(runs) - n_main} control runs; {(time.time() - started) / 60:.1f} min\n")
     print(to_markdown(records))
     print('wrote ' + ', '.join(paths.values()))
     return 0

@@ -1,0 +1,60 @@
+"""tools/study.py on the library: TrainConfig per run, train, then the sweep; on 2 schemes at a tiny size."""
+import csv
+import os
+
+import pytest
+
+import vitpe
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_STUDY = """
+task: synthetic:position
+model: vitpe_tiny_patch16_{scheme}_224
+model_kwargs: {patch_size: 8, depth: 1, embed_dim: 16, num_heads: 2}
+schemes: [none, ape]
+controls:
+  synthetic:kind: [ape]
+train: {img_size: 32, epochs: 1, train_samples: 32, val_samples: 16, batch_size: 16, warmup_steps: 1}
+resolutions: [32, 48]
+eval_samples: 16
+strategy_schemes: [ape]
+"""
+
+
+def test_study_trains_sweeps_and_skips_finished_runs(tmp_path, tool, capsys):
+    study = tool('study')
+    config = tmp_path / 'study.yaml'
+    config.write_text(TINY_STUDY)
+    out = tmp_path / 'out'
+    assert study.main(['--config', str(config), '--output', str(out)]) == 0
+    rows = list(csv.DictReader(open(out / 'results.csv')))
+    series = {(r['label'], r['strategy']) for r in rows}
+    ape_strategies = {'logit', 'bicubic', 'bilinear', 'nearest'}
+    assert series == {('none', 'none'), ('ape', 'none'), ('ape-kind', 'none')} | {('ape', s) for s in ape_strategies}
+    assert sorted({int(r['res']) for r in rows}) == [32, 48] and len(rows) == 2 * len(series)
+    assert {r['model'] for r in rows} == {'vitpe_tiny_patch16_none_224', 'vitpe_tiny_patch16_ape_224'}
+    assert 'Resolution study: 2 schemes on synthetic:position, trained at 32 px, 1 control runs' in capsys.readouterr().out
+    stamps = {name: os.path.getmtime(out / 'runs' / name / 'last.pth') for name in ('none', 'ape', 'ape-kind')}
+    assert study.main(['--config', str(config), '--output', str(out), '--schemes', 'ape']) == 0  # nothing retrained
+    assert {name: os.path.getmtime(out / 'runs' / name / 'last.pth') for name in stamps} == stamps
+
+
+def test_study_config_schemes_all_and_errors(tmp_path, tool):
+    study = tool('study')
+    config = tmp_path / 'study.yaml'
+    config.write_text(TINY_STUDY.replace('schemes: [none, ape]', 'schemes: all'))
+    runs = study.plan_runs(study.load_study(str(config)), str(tmp_path))
+    assert [r.scheme for r in runs] == vitpe.list_pos_encodings() + ['ape']
+    assert runs[0].config.output == str(tmp_path / 'runs' / runs[0].name) and runs[0].config.resume == 'auto'
+    shipped = study.load_study(os.path.join(ROOT, 'configs', 'study_position_64.yaml'))
+    shipped_runs = study.plan_runs(shipped, 'x')
+    assert shipped['schemes'] == 'all' and len(shipped_runs) == len(vitpe.list_pos_encodings()) + 2
+    assert shipped_runs[1].config.model == 'vitpe_micro_patch16_ape_64' and shipped_runs[1].config.model_kwargs == {}
+    for text, message in [(TINY_STUDY + 'seeds: 3\n', r"unknown keys \['seeds'\], missing keys \[\]"),
+                          (TINY_STUDY.replace('schemes: [none, ape]', 'schemes: [none, rope2d]'),
+                           r"unknown: \['rope2d'\]"),
+                          (TINY_STUDY.replace('epochs: 1', 'epoch: 1'), r"\(train\) has unknown keys \['epoch'\]"),
+                          (TINY_STUDY.replace('_{scheme}_224', '_224'), 'must contain {scheme}')]:
+        config.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            study.plan_runs(study.load_study(str(config)), str(tmp_path))
