@@ -82,6 +82,6 @@ def test_command_line_errors_exit_2(capsys):
 
 
 def test_shipped_training_config_loads():
-    cfg = parse_config(['--config', os.path.join(ROOT, 'configs', 'train_tiny_rope_mixed_position_64.yaml')])
+    cfg = parse_config(['--config', os.path.join(ROOT, 'configs', 'train_micro_rope_mixed_position_64.yaml')])
     assert (cfg.model, cfg.model_kwargs, cfg.img_size, cfg.epochs) == ('vitpe_micro_patch16_rope_mixed_64', {}, 64, 15)
     assert cfg.resume is None and parse_config(['--model', 'm', '--resume']).resume == 'auto'

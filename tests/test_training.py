@@ -106,6 +106,12 @@ def test_train_checkpoint_logs_and_sweep(tmp_path, tool):
     assert os.path.getsize(paths['png']) > 1000
     header = open(paths['csv']).readline().strip().split(',')
     assert {'checkpoint', 'res', 'strategy', 'acc', 'imgs_per_s', 'peak_mem_mb'} <= set(header)
+    # combinations: each part must apply to the scheme (rope_mixed has no learned table to interpolate)
+    combos = sweep([str(tmp_path / 'run' / 'best.pth')], [48], ['logit+pi', 'ntk+bicubic'], samples=16,
+                   progress=False)
+    assert [r.strategy for r in combos] == ['pi+logit']
+    with pytest.raises(ValueError, match="cannot be combined"):
+        sweep([str(tmp_path / 'run' / 'best.pth')], [48], ['pi+ntk'], samples=16, progress=False)
 
 
 def test_the_validation_accuracy_is_the_evaluation_loop_on_the_checkpoint(tmp_path):

@@ -3,7 +3,7 @@
 resolution.png.
 
     python tools/eval_resolution.py --checkpoint runs/*/best.pth --resolutions 48 64 96 128 160 --output sweep/
-    python tools/eval_resolution.py --checkpoint runs/rope/best.pth --resolutions 64 128 --strategy none pi ntk yarn
+    python tools/eval_resolution.py --checkpoint runs/rope/best.pth --resolutions 64 128 --strategy none pi ntk yarn pi+logit
 """
 import argparse
 import sys
@@ -18,7 +18,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--checkpoint', nargs='+', required=True)
     p.add_argument('--resolutions', nargs='+', type=int, required=True)
-    p.add_argument('--strategy', nargs='+', default=['none'], choices=list(STRATEGIES) + ['all'])
+    p.add_argument('--strategy', nargs='+', default=['none'], metavar='STRATEGY',
+                   help=f"one or more of {', '.join(STRATEGIES)}, combinations joined by + (pi+logit), or all")
     p.add_argument('--data', default=None, help="evaluation data (default: each checkpoint's training data)")
     p.add_argument('--samples', type=int, default=512, help='evaluation images (built-in data)')
     p.add_argument('--batch-size', type=int, default=64)

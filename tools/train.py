@@ -3,7 +3,7 @@
 
     python tools/train.py --model vitpe_tiny_patch16_rope_mixed_224 --data synthetic:position \\
         --img-size 64 --epochs 30 --output runs/x
-    python tools/train.py --config configs/train_tiny_rope_mixed_position_64.yaml --output runs/y --lr 2e-3
+    python tools/train.py --config configs/train_micro_rope_mixed_position_64.yaml --output runs/y --lr 2e-3
     torchrun --nproc_per_node=2 tools/train.py ...      # several processes (DDP)
     python tools/train.py --output runs/x --resume        # continue after a kill
     python tools/train.py --initial-checkpoint runs/x/best.pth --img-size 96 --output runs/x96

@@ -14,6 +14,7 @@ from ..checkpoint import load_model
 from ..data import build_dataset
 from ..memory import PeakMemory
 from .loop import evaluate, tensor_batches
+from ..pe.strategy import ResolutionStrategy
 from .strategies import applicable_strategies
 
 
@@ -67,18 +68,21 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
           labels: Optional[Sequence[str]] = None) -> List[Record]:
     """Evaluate every checkpoint at every resolution with no fine-tuning, under every strategy.
 
-    ``strategies`` may contain 'all' (every strategy that applies to the scheme); a named strategy
-    that does not apply to a checkpoint's scheme is skipped for it. The built-in data is the test split
+    ``strategies`` are names or combinations ('pi+logit') and may contain 'all' (every single strategy that
+    applies to the scheme); a strategy with a part that does not apply to a checkpoint's scheme is skipped
+    for it. The built-in data is the test split
     (never seen in training or model selection); the same scenes are rendered at every resolution."""
     resolutions = sorted(int(r) for r in resolutions)
     models = [load_model(p, device) for p in checkpoints]
     for model, _ in models:
         check_resolutions(model, resolutions)
     cache: Dict[tuple, tuple] = {}
+    named = [ResolutionStrategy.parse(s).name for s in strategies if s != 'all']  # bad names raise here
     jobs = []
     for i, (path, (model, ckpt)) in enumerate(zip(checkpoints, models)):
         allowed = applicable_strategies(model)
-        chosen = allowed if 'all' in strategies else [s for s in strategies if s in allowed]
+        chosen = list(allowed) if 'all' in strategies else []
+        chosen += [s for s in named if s not in chosen and all(p in allowed for p in s.split('+'))]
         jobs += [(i, path, model, ckpt, s, r) for s in chosen for r in resolutions]
     records = []
     for i, path, model, ckpt, strategy, res in tqdm(jobs, desc='sweep', disable=not progress):
