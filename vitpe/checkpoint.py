@@ -6,8 +6,9 @@ last finished one, from 0), ``best_acc``, ``val_acc``, ``num_updates``, ``optimi
 ``ema``, ``rng`` (one entry per process) and ``config`` (the ``TrainConfig`` as a dict).
 
 Reading never unpickles arbitrary objects (``torch.load(weights_only=True)``). Checkpoints of the first
-format (``vitpe-train-1``, up to 75d2ea8) hold numpy's RNG state as an array: for them, and only for
-them, exactly the numpy globals that state needs are allowed, and the state is converted on load.
+format (``vitpe-train-1``, up to 75d2ea8) hold numpy's RNG state as an array: for them exactly the numpy
+globals that state needs are allowed (on every read, as the format is only known once the file is read;
+they rebuild arrays and run no code), and the state is converted on load.
 
     python -m vitpe.checkpoint runs/x/best.pth      # what a checkpoint holds, in a few lines
 """
