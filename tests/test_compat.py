@@ -3,6 +3,7 @@ and renamed options keep their old names (with a DeprecationWarning) for one rel
 import importlib
 import os
 import sys
+import warnings
 
 import pytest
 import torch
@@ -50,12 +51,66 @@ def test_renamed_fourier_option_is_an_alias():
     assert pe.feature_sets == 2 and pe.freqs.shape[0] == 2
 
 
-def test_strategy_attributes_of_the_previous_release_say_where_the_strategy_went():
-    """Flipping the old attributes would now do nothing; they raise instead of failing silently."""
+def test_strategy_attributes_of_the_previous_release():
+    """Reading the old attributes gives the current context's strategy (deprecated); setting them, which would
+    now change nothing, raises with where the strategy went."""
     m = vitpe.VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2, pos_enc='rope_axial')
     for obj, attr in ((m.pos_enc, 'resolution_strategy'), (m, 'attn_logit_scaling')):
         with pytest.raises(AttributeError, match=r"strategy='pi\+logit'"):
             setattr(obj, attr, True)
+    with pytest.warns(DeprecationWarning, match='resolution_strategy is deprecated'):
+        assert m.pos_enc.resolution_strategy == 'none'
+    with vitpe.use_strategy('ntk+logit'), pytest.warns(DeprecationWarning, match='attn_logit_scaling'):
+        assert m.attn_logit_scaling is True and m.pos_enc.resolution_strategy == 'ntk'
     with pytest.warns(DeprecationWarning, match='renamed position_strategies'):
         assert m.pos_enc.strategies == ('pi', 'ntk', 'yarn')
+
+
+def test_moved_helpers_keep_their_old_names():
+    import vitpe.training as training
+    from vitpe.checkpoint import save_checkpoint
+    from vitpe.config import build_parser
+    with pytest.warns(DeprecationWarning, match='use vitpe.config.build_parser'):
+        assert training.build_parser is build_parser
+    with pytest.warns(DeprecationWarning, match='use vitpe.checkpoint.save_checkpoint'):
+        assert training.atomic_save is save_checkpoint
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)  # the module warnings are tested above
+        from vitpe.pe.absolute import grid_scale
+        from vitpe.pe.relative import grid_indices
+    pe = vitpe.create_pos_encoding('sincos', dim=16, num_heads=2, depth=1, grid_size=(4, 4))
+    with vitpe.use_strategy('pi'):
+        assert grid_scale(pe, vitpe.Grid((8, 2))) == (0.5, 2.0)
+    assert grid_scale(pe, vitpe.Grid((8, 2))) is None
+    coords, rel = grid_indices((2, 3))
+    assert coords.tolist() == [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]] and rel[1].tolist()[0] == [2, 1, 0]
     from vitpe.pe.base import create_pos_encoding, register_pos_encoding  # noqa: F401  (old import path)
+
+
+def test_a_scheme_written_for_the_previous_release_still_registers_and_runs():
+    """0.1.0's contract: hooks found from overrides, ``strategies``, ``prepare(grid) -> dict``."""
+    from vitpe.pe import PositionalEncoding, register_pos_encoding
+    from vitpe.pe.common import add_to_patches, sincos_embed
+
+    class OldSinCos(PositionalEncoding):
+        name = 'old_sincos_0_1'
+        strategies = ('pi',)
+        zoo = ()  # no zoo models: this test's scheme must not show in the other tests' timm.list_models
+
+        def prepare(self, grid):
+            return {'pos': sincos_embed(grid.shape, self.dim)[None]}
+
+        def tokens(self, x, ctx):
+            return add_to_patches(x, ctx.state['pos'], ctx.grid.num_prefix)
+
+    with pytest.warns(DeprecationWarning, match="follows the 0.1.0 contract"):
+        register_pos_encoding(OldSinCos)
+    assert OldSinCos.hooks == {'tokens'} and OldSinCos.position_strategies == ('pi',)
+    new = vitpe.VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2, pos_enc='sincos')
+    old = vitpe.VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2,
+                                  pos_enc='old_sincos_0_1')
+    sd = {k: v for k, v in new.state_dict().items() if k != 'pos_enc.scheme'}
+    old.load_state_dict(sd)
+    x = torch.randn(1, 3, 48, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(old(x), new(x))

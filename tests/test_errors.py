@@ -74,11 +74,11 @@ def test_rope_head_dim_must_split_over_axes():
 
 
 def test_a_scheme_must_declare_the_hooks_it_overrides():
-    from torch import nn
     from vitpe.pe import PositionalEncoding, register_pos_encoding
 
     class Undeclared(PositionalEncoding):
         name = 'undeclared_bias'
+        hooks = frozenset()
 
         def bias(self, q, k, ctx, layer, rows=slice(None)):
             return None
@@ -97,4 +97,16 @@ def test_a_scheme_must_declare_the_hooks_it_overrides():
     assert 'undeclared_bias' not in vitpe.list_pos_encodings()
     with pytest.raises(ValueError, match="registered twice"):
         register_pos_encoding(type('Again', (PositionalEncoding,), {'name': 'ape'}))
-    assert isinstance(vitpe.pe.get_pos_encoding_class('ape')(dim=8, num_heads=2, depth=1, grid_size=(2, 2)), nn.Module)
+
+
+def test_a_subclass_of_a_registered_scheme_does_not_take_its_models():
+    from vitpe.pe import AbsolutePE, ZooEntry, register_pos_encoding
+    owner = timm.create_model('vitpe_micro_patch16_ape_64').pos_enc.name
+
+    class Clash(AbsolutePE):
+        name = 'ape_clash'
+        zoo = (ZooEntry('ape', sizes=('micro',)),)
+    with pytest.raises(ValueError, match=r"zoo models \['vitpe_micro_patch16_ape_64'\] are already registered"):
+        register_pos_encoding(Clash)
+    assert 'ape_clash' not in vitpe.list_pos_encodings() and owner == 'ape'
+    assert timm.create_model('vitpe_micro_patch16_ape_64').pos_enc.name == 'ape'

@@ -296,3 +296,24 @@ def test_antialias_option_follows_timm_or_the_authors_code(scheme):
             else:
                 got = pe.table.at(pe, shape)[0]
             torch.testing.assert_close(got, expected, msg=str(shape))
+
+
+@pytest.mark.parametrize('prefix', [1, 3])
+def test_irpe_bias_is_the_formula_for_every_pair_prefix_tokens_included(prefix):
+    """Eq. 7 on keys and queries for every (i, j), pairs with a prefix token in the extra bucket, in one piece and
+    in row chunks (the shared ``grid_bias`` padding on a slice of query rows)."""
+    pe = make('irpe', mode='contextual', method='cross', on='qk', shared_head=False, prefix=prefix)
+    with torch.no_grad():
+        pe.q_table.normal_()
+        pe.k_table.normal_()
+    ctx = context(pe, (4, 5), prefix=prefix)
+    n = prefix + 20
+    q, k = torch.randn(2, 2, 2, n, 16).unbind(0)
+    ids = pe.bucket_ids(ctx.grid)  # (axes, N, N)
+    assert (ids[:, :prefix] == pe.prefix_bucket).all() and (ids[:, :, :prefix] == pe.prefix_bucket).all()
+    s = 16 ** -0.5
+    expected = sum(torch.einsum('bhid,hdij->bhij', q * s, pe.k_table[1, a][:, :, ids[a]]) +
+                   torch.einsum('bhjd,hdji->bhij', k * s, pe.q_table[1, a][:, :, ids[a]]) for a in range(2))
+    torch.testing.assert_close(pe.bias(q, k, ctx, layer=1), expected)
+    chunks = [pe.bias(q[:, :, r:r + 3], k, ctx, 1, slice(r, r + 3)) for r in range(0, n, 3)]
+    torch.testing.assert_close(torch.cat(chunks, dim=2), expected)

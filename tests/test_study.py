@@ -58,3 +58,18 @@ def test_study_config_schemes_all_and_errors(tmp_path, tool):
         config.write_text(text)
         with pytest.raises(ValueError, match=message):
             study.plan_runs(study.load_study(str(config)), str(tmp_path))
+
+
+def test_study_names_models_no_scheme_registered_and_reads_the_old_keys(tmp_path, tool):
+    study = tool('study')
+    config = tmp_path / 'study.yaml'
+    config.write_text(TINY_STUDY.replace('vitpe_tiny_patch16_{scheme}_224', 'vitpe_tiny_patch16_{scheme}_ape_224'))
+    with pytest.raises(ValueError, match=r"models \['vitpe_tiny_patch16_ape_ape_224', "
+                                         r"'vitpe_tiny_patch16_none_ape_224'\] are not registered"):
+        study.plan_runs(study.load_study(str(config)), str(tmp_path))
+    old = TINY_STUDY.replace('model: vitpe_tiny_patch16_{scheme}_224\nmodel_kwargs:',
+                             'model_prefix: vitpe_tiny_patch16\nmodel:')
+    config.write_text(old)
+    with pytest.warns(FutureWarning, match="'model_prefix' and a 'model' dict are deprecated"):
+        runs = study.plan_runs(study.load_study(str(config)), str(tmp_path))
+    assert runs[1].config.model == 'vitpe_tiny_patch16_ape_224' and runs[1].config.model_kwargs['embed_dim'] == 16

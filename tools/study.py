@@ -18,9 +18,11 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
+import timm
 from tqdm import tqdm
 
 import vitpe
@@ -44,6 +46,11 @@ class StudyRun:
 def load_study(path: str) -> Dict[str, Any]:
     """A study config; unknown or missing keys raise ValueError naming them."""
     study = read_yaml(path)
+    if 'model_prefix' in study:  # 0.1.0's keys: model_prefix + model (the model arguments)
+        warnings.warn(f"study config {path!r}: 'model_prefix' and a 'model' dict are deprecated; write "
+                      "model: <name with {scheme}> and model_kwargs: {...}", FutureWarning, 2)
+        study['model_kwargs'] = study.get('model') or {}
+        study['model'] = f"{study.pop('model_prefix')}_{{scheme}}_224"
     unknown = sorted(set(study) - set(REQUIRED) - set(OPTIONAL))
     missing = [k for k in REQUIRED if k not in study]
     if unknown or missing:
@@ -71,6 +78,10 @@ def plan_runs(study: Dict[str, Any], output: str, schemes: Optional[List[str]] =
     pairs = [(s, s, study['task']) for s in resolve_schemes(schemes or study['schemes'])]
     for task, names in (study.get('controls') or {}).items():
         pairs += [(f"{s}-{task.split(':')[-1]}", s, task) for s in resolve_schemes(names)]
+    missing = sorted({study['model'].format(scheme=s) for _, s, _ in pairs} - set(timm.list_models('vitpe_*')))
+    if missing:
+        raise ValueError(f"study config {study['source']!r}: models {missing} are not registered (the zoo entries "
+                         f"a scheme declares name its models, at the sizes they list); list schemes that have one")
     runs = []
     for name, scheme, task in pairs:
         values = {**study['train'], 'model': study['model'].format(scheme=scheme),

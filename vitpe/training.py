@@ -388,3 +388,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {e}", flush=True)
         return 2
     return 0
+
+
+def __getattr__(name: str):
+    """0.1.0 names that moved: ``build_parser`` (vitpe.config) and ``atomic_save`` (vitpe.checkpoint)."""
+    moved = {'build_parser': ('vitpe.config', 'build_parser'), 'atomic_save': ('vitpe.checkpoint', 'save_checkpoint')}
+    if name not in moved:
+        raise AttributeError(f"module 'vitpe.training' has no attribute {name!r}")
+    warnings.warn(f"vitpe.training.{name} is deprecated; use {'.'.join(moved[name])}", DeprecationWarning, 2)
+    import importlib
+    return getattr(importlib.import_module(moved[name][0]), moved[name][1])

@@ -15,8 +15,8 @@ from timm.models._features import feature_take_indices
 from ..layers import Block, PatchEmbed
 from ..layers.patch_embed import to_tuple
 from ..pe import Grid, PosContext, create_pos_encoding
-from ..pe.base import _MOVED_STRATEGY
-from ..pe.strategy import NO_STRATEGY, ResolutionStrategy, attention_logit_scale, current_strategy
+from ..pe.strategy import (NO_STRATEGY, MovedStrategyAttribute, ResolutionStrategy, attention_logit_scale,
+                           current_strategy)
 
 __all__ = ['VisionTransformer']
 
@@ -121,13 +121,7 @@ class VisionTransformer(nn.Module):
             nn.init.zeros_(self.head.bias)
         self.pos_enc.init_weights()
 
-    @property
-    def attn_logit_scaling(self) -> bool:
-        raise AttributeError(_MOVED_STRATEGY)
-
-    @attn_logit_scaling.setter
-    def attn_logit_scaling(self, value) -> None:
-        raise AttributeError(_MOVED_STRATEGY)
+    attn_logit_scaling = MovedStrategyAttribute(lambda strategy: strategy.logit)  # 0.1.0's flag
 
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:

@@ -79,15 +79,23 @@ def _register(name: str, args: Dict[str, Any]) -> None:
 
 
 def register_scheme_models(cls) -> None:
-    """Register the zoo entries a scheme declares (called by the registry for every scheme)."""
+    """Register the zoo entries a scheme declares (called by the registry for every scheme); a model name that
+    is already taken, or an unknown size, raises ValueError before anything is registered."""
+    models = {}
     for entry in cls.zoo:
         unknown = set(entry.sizes) - set(SIZES)
         if unknown:
             raise ValueError(f"scheme {cls.name!r}: zoo entry {entry.suffix!r} has unknown sizes {sorted(unknown)}; "
                              f"expected some of {list(SIZES)}")
         for size in entry.sizes:
-            _register(model_name(size, entry.suffix), dict(TRUNK, **SIZES[size], pos_enc=cls.name,
-                                                           pos_enc_args=dict(entry.options)))
+            models[model_name(size, entry.suffix)] = dict(TRUNK, **SIZES[size], pos_enc=cls.name,
+                                                          pos_enc_args=dict(entry.options))
+    taken = sorted(set(models) & set(ZOO))
+    if taken:
+        raise ValueError(f"scheme {cls.name!r}: zoo models {taken} are already registered (by scheme "
+                         f"{ZOO[taken[0]].get('pos_enc')!r}); give the scheme its own `zoo` entries")
+    for name, args in models.items():
+        _register(name, args)
 
 
 def zoo_table() -> Dict[str, Dict[str, Any]]:

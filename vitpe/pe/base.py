@@ -37,6 +37,8 @@ pre-hook, so every loader resizes) and ``set_grid_size`` (``set_input_size``).
 """
 from __future__ import annotations
 
+import inspect
+import itertools
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Dict, FrozenSet, Optional, Sequence, Tuple
@@ -47,7 +49,7 @@ from torch import nn
 from .common import check_choice, check_positive  # noqa: F401  (old import path)
 from .registry import (create_pos_encoding, get_pos_encoding_class, list_pos_encodings,  # noqa: F401  (old path)
                        register_pos_encoding, scheme_options)
-from .strategy import NO_STRATEGY, POSITION_STRATEGIES, TABLE_STRATEGIES, ResolutionStrategy
+from .strategy import NO_STRATEGY, POSITION_STRATEGIES, TABLE_STRATEGIES, MovedStrategyAttribute, ResolutionStrategy
 
 __all__ = ['Grid', 'PEState', 'PosContext', 'PositionalEncoding', 'HOOKS']
 
@@ -101,8 +103,6 @@ def untag(t: torch.Tensor) -> str:
 
 
 _untag = untag  # the old name
-_MOVED_STRATEGY = ("the resolution strategy is no longer a module attribute: pass it to the forward "
-                   "(model(x, strategy='pi+logit')) or use vitpe.use_strategy / vitpe.eval.apply_strategy")
 
 
 class PositionalEncoding(nn.Module):
@@ -145,13 +145,38 @@ class PositionalEncoding(nn.Module):
     @classmethod
     def check_declarations(cls) -> None:
         """At registration: declared hooks are known and overridden, and every overridden hook is declared."""
+        cls._upgrade_legacy_class()
         unknown = set(cls.hooks) - set(HOOKS)
-        overridden = {h for h in HOOKS if getattr(cls, h) is not getattr(PositionalEncoding, h)}
+        overridden = cls._overridden_hooks()
         bad_strategies = set(cls.position_strategies) - set(POSITION_STRATEGIES)
         if unknown or overridden != set(cls.hooks) or bad_strategies:
             raise TypeError(f"scheme {cls.name!r}: hooks declared {sorted(cls.hooks)} but overridden "
                             f"{sorted(overridden)} (known hooks: {list(HOOKS)}); position strategies must be "
                             f"among {list(POSITION_STRATEGIES)}, got {sorted(bad_strategies)}")
+
+    @classmethod
+    def _overridden_hooks(cls):
+        return {h for h in HOOKS if getattr(cls, h) is not getattr(PositionalEncoding, h)}
+
+    @classmethod
+    def _upgrade_legacy_class(cls) -> None:
+        """Schemes written for 0.1.0 keep working for one release (with a DeprecationWarning): hooks inferred
+        from overrides when none are declared, ``strategies`` read as ``position_strategies``, and a
+        ``prepare(grid)`` without strategy and device wrapped."""
+        own = [k.__dict__ for k in cls.__mro__[:cls.__mro__.index(PositionalEncoding)]]
+        old = f"scheme {cls.name!r} follows the 0.1.0 contract; see CHANGELOG.md (0.2.0): "
+        if not any('hooks' in d for d in own) and cls._overridden_hooks():
+            warnings.warn(old + "declare its hooks in `hooks`", DeprecationWarning, 3)
+            cls.hooks = frozenset(cls._overridden_hooks())
+        legacy_strategies = next((d['strategies'] for d in own if isinstance(d.get('strategies'), tuple)), None)
+        if legacy_strategies is not None:
+            warnings.warn(old + "`strategies` is now `position_strategies`", DeprecationWarning, 3)
+            cls.position_strategies = tuple(s for s in legacy_strategies if s in POSITION_STRATEGIES)
+            cls.strategies = PositionalEncoding.strategies
+        prepare = cls.prepare
+        if len(inspect.signature(prepare).parameters) == 2:  # (self, grid)
+            warnings.warn(old + "`prepare` takes (grid, strategy, device)", DeprecationWarning, 3)
+            cls.prepare = lambda self, grid, strategy=NO_STRATEGY, device=None: prepare(self, grid)
 
     @classmethod
     def upgrade_options(cls, options: Dict[str, Any]) -> None:
@@ -165,8 +190,9 @@ class PositionalEncoding(nn.Module):
         return hook in self.hooks
 
     def default_device(self) -> torch.device:
-        """Where state is built when ``prepare`` is called without a device (the trunk always passes one)."""
-        return self.scheme.device
+        """Where this module's tensors live: state is built there when ``prepare`` or a lookup is called without
+        a device (the trunk always passes the input's)."""
+        return next(itertools.chain(self.parameters(), self.buffers())).device
 
     def cached(self, key, fn: Callable[[], Any]):
         """Memoise shape-only state (no parameters inside) by ``key``; cleared on device/dtype moves."""
@@ -211,13 +237,7 @@ class PositionalEncoding(nn.Module):
         warnings.warn("PositionalEncoding.strategies is renamed position_strategies", DeprecationWarning, 2)
         return self.position_strategies
 
-    @property
-    def resolution_strategy(self) -> str:
-        raise AttributeError(_MOVED_STRATEGY)
-
-    @resolution_strategy.setter
-    def resolution_strategy(self, value) -> None:
-        raise AttributeError(_MOVED_STRATEGY)
+    resolution_strategy = MovedStrategyAttribute(lambda strategy: strategy.positions)
 
     def logit_temperature(self, grid: Grid, strategy: ResolutionStrategy) -> float:
         """The scheme's own factor on the attention logits under ``strategy`` (YaRN's temperature); 1.0."""

@@ -161,7 +161,8 @@ class LearnedTable(nn.Module):
 # --------------------------------------------------------------------------------------------- biases
 def grid_bias(rows: slice, grid, lead: Tuple[int, ...],
               add_patch_part: Callable[[int, torch.Tensor, torch.Tensor], None],
-              prefix_fill: Union[float, torch.Tensor] = 0., dtype=torch.float32, device=None) -> torch.Tensor:
+              prefix_fill: Union[float, torch.Tensor] = 0., dtype=torch.float32, device=None,
+              keys_first: bool = False) -> torch.Tensor:
     """A (*lead, c, N) tensor over the query ``rows`` (a contiguous slice of the p + N_patch sequence, prefix
     first) and every key, for a quantity defined between patch tokens (an attention bias, bucket ids).
 
@@ -169,19 +170,21 @@ def grid_bias(rows: slice, grid, lead: Tuple[int, ...],
     ``add_patch_part(skip, patch_rows, out)`` adds the patch-query x patch-key part into the zeroed view ``out``
     (*lead, c - skip, N_patch) in place: ``skip`` is the number of prefix rows at the start of the chunk (so
     the caller's queries are ``q[..., skip:, :]``), ``patch_rows`` the flat patch indices of the other rows.
-    Memory is O(c N), so the attention can work in row chunks on any grid."""
+    With ``keys_first`` the layout is (*lead, N, c) (every key against the query rows; the view is
+    (*lead, N_patch, c - skip)). Memory is O(c N), so the attention can work in row chunks on any grid."""
     p, n = grid.num_prefix, grid.num_tokens
     first, stop, _ = rows.indices(n)
     c = stop - first
     skip = min(max(p - first, 0), c)
+    shape = (*lead, n, c) if keys_first else (*lead, c, n)
     if isinstance(prefix_fill, torch.Tensor):
-        out = torch.empty(*lead, c, n, dtype=dtype, device=device)
-        out.copy_(prefix_fill.expand(*lead, c, n))
+        out = torch.empty(shape, dtype=dtype, device=device)
+        out.copy_(prefix_fill.expand(shape))
     else:
-        out = torch.full((*lead, c, n), prefix_fill, dtype=dtype, device=device)
+        out = torch.full(shape, prefix_fill, dtype=dtype, device=device)
     if skip < c:
         patch_rows = torch.arange(first + skip - p, stop - p, device=device)
-        patch_part = out[..., skip:, p:]
+        patch_part = out[..., p:, skip:] if keys_first else out[..., skip:, p:]
         if isinstance(prefix_fill, torch.Tensor) or prefix_fill != 0:
             patch_part.zero_()
         add_patch_part(skip, patch_rows, patch_part)

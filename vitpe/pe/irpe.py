@@ -114,6 +114,8 @@ class IRPE(PositionalEncoding):
         ratio: alpha:beta:gamma = 1:2:8 scaled by ``ratio`` (1.9, the paper's default).
         ape: also add a learned absolute embedding (with a row for each prefix token), as the official
             DeiT-iRPE models do (zoo: ``vitpe_*_patch16_irpe_ape_224``); off in ``irpe`` alone.
+        antialias: how that table is resampled (True: timm's ``resample_abs_pos_embed``, as every vitpe table;
+            False: plain bicubic, as the DeiT code the official models were fine-tuned with).
     """
     name = 'irpe'
     hooks = frozenset({'tokens', 'bias', 'value'})
@@ -123,7 +125,7 @@ class IRPE(PositionalEncoding):
     cache_tokens: int = 1024
 
     def __init__(self, *, mode: str = 'contextual', method: str = 'product', on: str = 'k',
-                 shared_head: bool = True, ratio: float = 1.9, ape: bool = False, **common):
+                 shared_head: bool = True, ratio: float = 1.9, ape: bool = False, antialias: bool = True, **common):
         super().__init__(**common)
         check_choice(self.name, 'mode', mode, IRPE_MODES)
         check_choice(self.name, 'method', method, IRPE_METHODS)
@@ -143,7 +145,8 @@ class IRPE(PositionalEncoding):
         for target in on:  # zero init, as the reference
             shape = {'bias': (tables,), 'contextual': (d, tables) if target != 'v' else (tables, d)}[mode]
             self.register_parameter(f'{target}_table', nn.Parameter(torch.zeros(self.depth, axes, heads, *shape)))
-        self.table = LearnedTable(self.grid_size, self.dim, self.num_prefix_tokens, scheme=self.name) if ape else None
+        self.table = LearnedTable(self.grid_size, self.dim, self.num_prefix_tokens, antialias=antialias,
+                                  scheme=self.name) if ape else None
         self.needs_attn_probs = 'v' in on
         unused = {'tokens'} if not ape else set()
         unused |= {'bias'} if on == 'v' else set()
@@ -177,16 +180,18 @@ class IRPE(PositionalEncoding):
             return full
         return full[:, :, patch_rows] if keys_first else full[:, patch_rows]
 
-    def bucket_ids(self, grid, rows: slice = slice(None), device=None) -> torch.Tensor:
-        """(axes, rows, N) bucket ids of the query ``rows`` against every token, prefix pairs included."""
+    def bucket_ids(self, grid, rows: slice = slice(None), device=None, keys_first: bool = False) -> torch.Tensor:
+        """(axes, rows, N) bucket ids of the query ``rows`` against every token, pairs with a prefix token in the
+        prefix bucket; with ``keys_first`` (axes, N, rows): the bucket of (token j as query, row i as key)."""
         device = device or self.default_device()
         axes = grid.rank if self.method == 'cross' else 1
 
         def build():
             return grid_bias(rows, grid, (axes,), lambda skip, patch_rows, out: out.copy_(
-                self.patch_ids(grid.shape, patch_rows, device)), self.prefix_bucket, dtype=torch.long, device=device)
+                self.patch_ids(grid.shape, patch_rows, device, keys_first)), self.prefix_bucket, dtype=torch.long,
+                device=device, keys_first=keys_first)
         if rows == slice(None) and grid.num_tokens <= self.cache_tokens:
-            return self.cached(('bucket_ids', grid, device), build)
+            return self.cached(('bucket_ids', grid, device, keys_first), build)
         return build()
 
     # ----------------------------------------------------------------- hooks
@@ -195,7 +200,7 @@ class IRPE(PositionalEncoding):
 
         Contextual: x against every bucket once, (B, H, rows, buckets), then a gather by bucket id
         (the reference's efficient path; no (rows, cols, d) tensor is formed)."""
-        out = 0
+        out = None
         for a in range(ids.shape[0]):
             idx = ids[a]
             if self.mode == 'bias':
@@ -203,36 +208,19 @@ class IRPE(PositionalEncoding):
             else:
                 per_bucket = (x * scale) @ table[a].to(x.dtype)  # (B, H, rows, buckets)
                 enc = per_bucket.gather(-1, idx.expand(*per_bucket.shape[:2], *idx.shape))
-            out = out + enc
+            out = enc if out is None else out + enc
         return out
 
-    def _prefix_encoding(self, x, table, scale):
-        """Encoding of the prefix bucket, summed over axis tables: (1, H|1, 1, 1) in bias mode, else
-        (B, H, rows, 1)."""
-        pb = self.prefix_bucket
-        if self.mode == 'bias':
-            return table[:, :, pb].sum(0)[None, :, None, None]
-        return sum((x * scale) @ table[a][..., pb:pb + 1].to(x.dtype) for a in range(table.shape[0]))
-
     def bias(self, q, k, ctx, layer, rows=slice(None)):
-        scale, grid, p = self.head_dim ** -0.5, ctx.grid, ctx.grid.num_prefix
-        lead = tuple(q.shape[:2]) if self.mode == 'contextual' else (1, self.k_table.shape[2] if 'k' in self.on
-                                                                     else self.q_table.shape[2])
-        fill = 0.
-        if self.num_prefix_tokens:  # pairs with a prefix token: the prefix bucket's encoding
-            if 'k' in self.on:
-                fill = fill + self._prefix_encoding(q, self.k_table[layer], scale)
-            if 'q' in self.on:
-                fill = fill + self._prefix_encoding(k, self.q_table[layer], scale).transpose(-1, -2)
-
-        def add_patch_part(skip, patch_rows, out):
-            if 'k' in self.on:  # logits_ij += q_i . T[bucket_ij]
-                ids = self.patch_ids(grid.shape, patch_rows, q.device)
-                out += self._encode(q[:, :, skip:], self.k_table[layer], ids, scale)
-            if 'q' in self.on:  # logits_ij += k_j . T[bucket_ji]; the product / cross buckets are not symmetric
-                ids_t = self.patch_ids(grid.shape, patch_rows, q.device, keys_first=True)
-                out += self._encode(k[:, :, p:], self.q_table[layer], ids_t, scale).transpose(-1, -2)
-        return grid_bias(rows, grid, lead, add_patch_part, fill, dtype=q.dtype, device=q.device)
+        scale = self.head_dim ** -0.5
+        out = None
+        if 'k' in self.on:  # logits_ij += q_i . T[bucket_ij]
+            out = self._encode(q, self.k_table[layer], self.bucket_ids(ctx.grid, rows, q.device), scale)
+        if 'q' in self.on:  # logits_ij += k_j . T[bucket_ji]; the product / cross buckets are not symmetric
+            ids_t = self.bucket_ids(ctx.grid, rows, q.device, keys_first=True)
+            enc = self._encode(k, self.q_table[layer], ids_t, scale).transpose(-1, -2)
+            out = enc if out is None else out + enc
+        return out.to(q.dtype)
 
     def value(self, out, v, attn, ctx, layer, rows=slice(None)):
         ids = self.bucket_ids(ctx.grid, rows, attn.device)

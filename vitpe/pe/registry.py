@@ -39,11 +39,11 @@ def register_pos_encoding(cls: type) -> type:
     if not cls.name or cls.name in _REGISTRY:
         raise ValueError(f"scheme name {cls.name!r} is empty or registered twice")
     cls.check_declarations()
-    if cls.zoo is None:
+    if 'zoo' not in cls.__dict__:  # a subclass of a registered scheme names its own models, not its parent's
         cls.zoo = (ZooEntry(cls.name),)
-    _REGISTRY[cls.name] = cls
-    for listener in _LISTENERS:
+    for listener in _LISTENERS:  # the zoo: refuses model names already taken, before the scheme is added
         listener(cls)
+    _REGISTRY[cls.name] = cls
     return cls
 
 

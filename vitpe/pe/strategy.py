@@ -16,8 +16,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import warnings
 from dataclasses import dataclass
-from typing import Iterator, Optional, Tuple, Union
+from typing import Callable, Iterator, Optional, Tuple, Union
 
 POSITION_STRATEGIES = ('pi', 'ntk', 'yarn')
 TABLE_STRATEGIES = ('bicubic', 'bilinear', 'nearest')
@@ -104,3 +105,28 @@ def attention_logit_scale(pe, grid, strategy: ResolutionStrategy) -> float:
         if n_train > 1:
             scale *= math.log(grid.num_patches) / math.log(n_train)
     return scale
+
+
+MOVED = ("the resolution strategy is no longer a module attribute: pass it to the forward "
+         "(model(x, strategy='pi+logit')) or use vitpe.use_strategy / vitpe.eval.apply_strategy")
+
+
+class MovedStrategyAttribute:
+    """A 0.1.0 attribute that held part of the strategy (``pe.resolution_strategy``, ``model.attn_logit_scaling``):
+    reading it gives the current context's value with a DeprecationWarning; setting it raises, since it would
+    no longer change anything."""
+
+    def __init__(self, read: Callable[[ResolutionStrategy], object]):
+        self.read = read
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        warnings.warn(f"{self.name} is deprecated: {MOVED}", DeprecationWarning, stacklevel=2)
+        return self.read(current_strategy())
+
+    def __set__(self, obj, value):
+        raise AttributeError(f"{self.name} cannot be set: {MOVED}")
