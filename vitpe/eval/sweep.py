@@ -46,7 +46,8 @@ def check_resolutions(model, resolutions: Sequence[int]) -> None:
         except ValueError:
             bad.append(r)
     if bad:
-        raise ValueError(f"resolutions {bad} are not divisible by the model's patch size {model.patch_embed.patch_size}")
+        raise ValueError(f"resolutions {bad} are not divisible by the model's patch size "
+                         f"{model.patch_embed.patch_size}")
 
 
 def materialize(dataset) -> tuple:
