@@ -60,8 +60,11 @@ def test_strategy_attributes_of_the_previous_release():
             setattr(obj, attr, True)
     with pytest.warns(DeprecationWarning, match='resolution_strategy is deprecated'):
         assert m.pos_enc.resolution_strategy == 'none'
-    with vitpe.use_strategy('ntk+logit'), pytest.warns(DeprecationWarning, match='attn_logit_scaling'):
-        assert m.attn_logit_scaling is True and m.pos_enc.resolution_strategy == 'ntk'
+    with vitpe.use_strategy('ntk+logit'):
+        with pytest.warns(DeprecationWarning, match='attn_logit_scaling is deprecated'):
+            assert m.attn_logit_scaling is True
+        with pytest.warns(DeprecationWarning, match='resolution_strategy is deprecated'):
+            assert m.pos_enc.resolution_strategy == 'ntk'
     with pytest.warns(DeprecationWarning, match='renamed position_strategies'):
         assert m.pos_enc.strategies == ('pi', 'ntk', 'yarn')
 
