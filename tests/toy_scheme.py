@@ -25,5 +25,5 @@ class ToyDistanceBias(PositionalEncoding):
 
         def add_patch_part(skip, patch_rows, out):
             distance = (coords[patch_rows, None] - coords[None]).abs().sum(-1)  # (rows, N_patch)
-            out -= self.slopes[:, None, None].to(out.dtype) * distance
+            return out.sub_(self.slopes[:, None, None].to(out.dtype) * distance)
         return grid_bias(rows, ctx.grid, (1, self.num_heads), add_patch_part, dtype=q.dtype, device=q.device)

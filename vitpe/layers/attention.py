@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ..pe.base import PosContext
 
@@ -74,10 +75,12 @@ class Attention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if pe.uses('qk'):
             q, k = pe.qk(q, k, ctx, layer)
-        if self.path_for(pe, b, n, q.element_size()) == 'chunked':
-            step = self.chunk_rows(b, n, q.element_size())
+        # the path depends on sizes; under FX symbolic tracing they are proxies: decide for one float32 image
+        sizes = (1, ctx.grid.num_tokens, 4) if is_fx_symbolic_tracing() else (b, n, q.element_size())
+        if self.path_for(pe, *sizes) == 'chunked':
+            step = self.chunk_rows(*sizes)
             out = torch.cat([self._attend(q[:, :, i:i + step], k, v, ctx, layer, slice(i, i + step))
-                             for i in range(0, n, step)], dim=2)
+                             for i in range(0, sizes[1], step)], dim=2)
         else:
             out = self._attend(q, k, v, ctx, layer, slice(None))
         out = out.transpose(1, 2).reshape(b, n, c)

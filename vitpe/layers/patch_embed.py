@@ -1,10 +1,13 @@
 """Non-overlapping patch (2D) or tubelet (3D) embedding that checks its input and reports the grid."""
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
+import torch.fx
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
+from timm.layers import register_notrace_function
 
 
 def to_tuple(value, rank: int, name: str) -> Tuple[int, ...]:
@@ -14,6 +17,29 @@ def to_tuple(value, rank: int, name: str) -> Tuple[int, ...]:
     if len(value) != rank:
         raise ValueError(f"{name}={value} has {len(value)} entries, expected {rank}")
     return value
+
+
+@register_notrace_function  # a leaf for timm's FX tracer (features_only=True, feature_cls='fx')
+def checked_input(x: torch.Tensor, patch_size: Tuple[int, ...], in_chans: int,
+                  traced_grid: Optional[Tuple[int, ...]] = None) -> torch.Tensor:
+    """``x`` itself, after checking its rank and channels (and, in an FX-traced model, that it has the traced
+    grid). A leaf under FX tracing (one call node, run on real tensors), so the checks raise clear errors in
+    traced models too without Python branching on traced shapes."""
+    rank = len(patch_size)
+    if x.ndim != rank + 2:
+        want = '(B, C, H, W)' if rank == 2 else '(B, C, T, H, W)'
+        raise ValueError(f"expected input of shape {want}, got a tensor of shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"expected {in_chans} input channels, got {x.shape[1]} (input {tuple(x.shape)})")
+    if traced_grid is not None:
+        size = tuple(g * p for g, p in zip(traced_grid, patch_size))
+        if tuple(x.shape[2:]) != size:
+            raise ValueError(f"this FX-traced model takes inputs of size {size} (its grid {traced_grid} is fixed "
+                             f"at tracing), got {tuple(x.shape[2:])}: call set_input_size before tracing")
+    return x
+
+
+torch.fx.wrap('checked_input')  # a leaf for any FX tracer (torchvision's create_feature_extractor)
 
 
 class PatchEmbed(nn.Module):
@@ -51,11 +77,11 @@ class PatchEmbed(nn.Module):
         return tuple(s // p for s, p in zip(size, self.patch_size))
 
     def forward(self, x: torch.Tensor):
-        """(B, C, *size) -> tokens (B, N, D) and the grid."""
-        if x.ndim != self.rank + 2:
-            want = '(B, C, H, W)' if self.rank == 2 else '(B, C, T, H, W)'
-            raise ValueError(f"expected input of shape {want}, got a tensor of shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]} (input {tuple(x.shape)})")
+        """(B, C, *size) -> tokens (B, N, D) and the grid. Under FX symbolic tracing the grid is the reference
+        grid (``img_size``; ``set_input_size`` changes it), as in timm's ViT without a dynamic size."""
+        if is_fx_symbolic_tracing():
+            return self.proj(checked_input(x, self.patch_size, self.in_chans, self.grid_size)).flatten(2).transpose(
+                1, 2), self.grid_size
+        x = checked_input(x, self.patch_size, self.in_chans)
         grid = self.grid_for(x.shape[2:])
         return self.proj(x).flatten(2).transpose(1, 2), grid

@@ -7,7 +7,9 @@ from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
+import torch.fx
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.utils.checkpoint import checkpoint
 from timm.layers import resample_patch_embed, trunc_normal_
 from timm.models._features import feature_take_indices
@@ -183,7 +185,10 @@ class VisionTransformer(nn.Module):
         """Patch embedding, prefix tokens and the scheme's token hook; returns the tokens and the context every
         block gets. ``strategy`` (e.g. 'pi+logit'; None: the current context's, see ``vitpe.use_strategy``) is
         the training-free resolution strategy of this forward."""
-        strategy = current_strategy() if strategy is None else ResolutionStrategy.parse(strategy)
+        if strategy is None or isinstance(strategy, torch.fx.Proxy):  # FX traces every argument: the context's
+            strategy = current_strategy()
+        else:
+            strategy = ResolutionStrategy.parse(strategy)
         pe = self.pos_enc
         if strategy != NO_STRATEGY:
             pe.check_strategy(strategy)
@@ -193,8 +198,9 @@ class VisionTransformer(nn.Module):
         prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
         if prefix:
             x = torch.cat(prefix + [x], dim=1)
-        ctx = PosContext(pe, grid, pe.prepare(grid, strategy, x.device), strategy,
-                         attention_logit_scale(pe, grid, strategy))
+        device = pe.default_device() if is_fx_symbolic_tracing() else x.device  # a proxy under FX tracing
+        ctx = PosContext(pe, grid, pe.prepare(grid, strategy, device), strategy,
+                         attention_logit_scale(pe, grid, strategy), device)
         if pe.uses('tokens'):
             x = pe.tokens(x, ctx)
         return self.norm_pre(self.pos_drop(x)), ctx

@@ -10,7 +10,7 @@ from torch import nn
 from timm.layers import trunc_normal_
 
 from .base import PositionalEncoding
-from .common import add_to_patches, cached_resample, check_bool, resample_table
+from .common import add_to_patches, cached_resample, check_bool, resample_table, table_shape
 from .registry import register_pos_encoding
 
 
@@ -57,9 +57,10 @@ class AbsWinPE(PositionalEncoding):
     def embedding(self, shape, interpolation: Optional[str] = None) -> torch.Tensor:
         """(1, prod(shape), D): global part resampled plus window part tiled."""
         win = self.pos_embed_window
-        reps = [math.ceil(s / w) for s, w in zip(shape, win.shape[1:-1])]
+        reps = [math.ceil(s / w) for s, w in zip(shape, table_shape(self, 'pos_embed_window'))]
         tiled = win.repeat(1, *reps, 1)[(slice(None),) + tuple(slice(0, s) for s in shape)]
-        glob = cached_resample(self, self.pos_embed, shape, interpolation or self.interpolation, self.antialias)
+        glob = cached_resample(self, self.pos_embed, shape, interpolation or self.interpolation, self.antialias,
+                               table_shape(self, 'pos_embed'))
         return (glob + tiled).flatten(1, -2)
 
     def tokens(self, x, ctx):

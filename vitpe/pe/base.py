@@ -85,12 +85,14 @@ class PEState:
 @dataclass
 class PosContext:
     """What the blocks of one forward see: the scheme, the grid, the state from ``prepare``, the resolution
-    strategy and the attention-logit multiplier (1.0: as trained; multiplies the usual 1/sqrt(head_dim))."""
+    strategy, the attention-logit multiplier (1.0: as trained; multiplies the usual 1/sqrt(head_dim)) and the
+    device of the forward (hooks build index tensors there, not from ``q.device``, a proxy under FX tracing)."""
     pe: 'PositionalEncoding'
     grid: Grid
     state: Optional[PEState] = None
     strategy: ResolutionStrategy = NO_STRATEGY
     logit_scale: float = 1.0
+    device: Optional[torch.device] = None  # where per-shape state (ids, indices) is built; None: the scheme's
 
 
 def _tag(name: str) -> torch.Tensor:

@@ -9,6 +9,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from timm.layers import trunc_normal_
 
 from .strategy import ResolutionStrategy, position_scale
@@ -98,17 +99,26 @@ def resample_table(table: torch.Tensor, new_shape: Sequence[int], interpolation:
     return x.movedim(1, -1).to(table.dtype)
 
 
-def resample_1d(table: torch.Tensor, length: int) -> torch.Tensor:
-    """Linear resampling of a (L, C) table along L (SAM / ViTDet relative tables)."""
-    if table.shape[0] == length:
+def resample_1d(table: torch.Tensor, length: int, from_length: Optional[int] = None) -> torch.Tensor:
+    """Linear resampling of a (L, C) table along L (SAM / ViTDet relative tables); ``from_length`` is L when the
+    caller knows it (needed under FX tracing)."""
+    if (from_length if from_length is not None else table.shape[0]) == length:
         return table
     x = F.interpolate(table.t().unsqueeze(0).float(), size=length, mode='linear')
     return x[0].t().to(table.dtype)
 
 
-def cached_resample(pe, table: torch.Tensor, shape, interpolation: str, antialias: bool = True) -> torch.Tensor:
-    """``resample_table`` memoised by the scheme when no gradient is needed (inference sweeps)."""
-    if tuple(table.shape[1:-1]) == tuple(shape):
+def table_shape(module: nn.Module, name: str) -> Tuple[int, ...]:
+    """The grid shape of the table parameter ``name`` of ``module``, read from the parameter itself (not through
+    attribute access, which FX symbolic tracing turns into a proxy), so it is a tuple of ints even when tracing."""
+    return tuple(module._parameters[name].shape[1:-1])
+
+
+def cached_resample(pe, table: torch.Tensor, shape, interpolation: str, antialias: bool = True,
+                    from_shape: Optional[Tuple[int, ...]] = None) -> torch.Tensor:
+    """``resample_table`` memoised by the scheme when no gradient is needed (inference sweeps); ``from_shape``
+    is the table's grid when the caller knows it (needed under FX tracing)."""
+    if (from_shape if from_shape is not None else tuple(table.shape[1:-1])) == tuple(shape):
         return table
     if torch.is_grad_enabled() and table.requires_grad:
         return resample_table(table, shape, interpolation, antialias)
@@ -147,7 +157,8 @@ class LearnedTable(nn.Module):
     def at(self, pe, shape, strategy: Optional[ResolutionStrategy] = None) -> torch.Tensor:
         """(1, prod(shape), D): the table at ``shape`` (interpolated as ``strategy`` says, if it says)."""
         interpolation = (strategy and strategy.interpolation) or self.interpolation
-        return cached_resample(pe, self.weight, shape, interpolation, self.antialias).flatten(1, -2)
+        return cached_resample(pe, self.weight, shape, interpolation, self.antialias,
+                               table_shape(self, 'weight')).flatten(1, -2)
 
     def add(self, pe, x: torch.Tensor, grid, strategy: Optional[ResolutionStrategy] = None) -> torch.Tensor:
         return add_to_patches(x, self.at(pe, grid.shape, strategy), grid.num_prefix, self.prefix)
@@ -168,7 +179,7 @@ def grid_bias(rows: slice, grid, lead: Tuple[int, ...],
 
     Pairs with a prefix token hold ``prefix_fill`` (a number, or a tensor broadcastable to (*lead, c, N)).
     ``add_patch_part(skip, patch_rows, out)`` adds the patch-query x patch-key part into the zeroed view ``out``
-    (*lead, c - skip, N_patch) in place: ``skip`` is the number of prefix rows at the start of the chunk (so
+    (*lead, c - skip, N_patch) in place and returns the result of its last in-place op (or a new tensor): ``skip`` is the number of prefix rows at the start of the chunk (so
     the caller's queries are ``q[..., skip:, :]``), ``patch_rows`` the flat patch indices of the other rows.
     With ``keys_first`` the layout is (*lead, N, c) (every key against the query rows; the view is
     (*lead, N_patch, c - skip)). Memory is O(c N), so the attention can work in row chunks on any grid."""
@@ -179,15 +190,23 @@ def grid_bias(rows: slice, grid, lead: Tuple[int, ...],
     shape = (*lead, n, c) if keys_first else (*lead, c, n)
     if isinstance(prefix_fill, torch.Tensor):
         out = torch.empty(shape, dtype=dtype, device=device)
-        out.copy_(prefix_fill.expand(shape))
+        out = out.copy_(prefix_fill.expand(shape))
     else:
         out = torch.full(shape, prefix_fill, dtype=dtype, device=device)
     if skip < c:
         patch_rows = torch.arange(first + skip - p, stop - p, device=device)
-        patch_part = out[..., p:, skip:] if keys_first else out[..., skip:, p:]
+        rows_cols = (slice(skip, None), slice(p, None))
+        index = (Ellipsis,) + (rows_cols[::-1] if keys_first else rows_cols)
+        patch_part = out[index]
         if isinstance(prefix_fill, torch.Tensor) or prefix_fill != 0:
-            patch_part.zero_()
-        add_patch_part(skip, patch_rows, patch_part)
+            patch_part = patch_part.zero_()
+        written = add_patch_part(skip, patch_rows, patch_part)
+        if is_fx_symbolic_tracing():  # FX drops in-place writes whose result goes unused: assemble the parts
+            first_dims = (p, skip) if keys_first else (skip, p)
+            head, rest = out[..., :first_dims[0], :], out[..., first_dims[0]:, :first_dims[1]]
+            return torch.cat([head, torch.cat([rest, written], dim=-1)], dim=-2)
+        if written.data_ptr() != patch_part.data_ptr():  # the callback built a new tensor
+            patch_part.copy_(written)
     return out
 
 

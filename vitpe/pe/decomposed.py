@@ -37,26 +37,28 @@ class GridIndices(PEState):
 
 
 def decomposed_bias(q: torch.Tensor, tables, shape, rows: Optional[torch.Tensor] = None,
-                    out: Optional[torch.Tensor] = None, indices: Optional[GridIndices] = None) -> torch.Tensor:
+                    out: Optional[torch.Tensor] = None, indices: Optional[GridIndices] = None,
+                    table_lengths: Optional[List[int]] = None) -> torch.Tensor:
     """Decomposed bias of some query tokens against all patch tokens of the grid ``shape``.
 
     q (B, c, d): the queries of patch tokens ``rows`` (flat indices; all N when None); tables: one
-    (L_a, d) per axis. Returns (B, c, N), or adds into ``out`` (B, c, *shape) in place. Memory is
-    O(c N), so callers can work in row chunks."""
-    b, c, d = q.shape
+    (L_a, d) per axis (``table_lengths``: their L_a when the caller knows them, needed under FX tracing).
+    Returns (B, c, N), or adds into ``out`` (B, c, *shape) in place. Memory is O(c N), so callers can work
+    in row chunks."""
     rank = len(shape)
     indices = indices or GridIndices.of(shape, q.device)
     q_coords = indices.coords if rows is None else indices.coords[rows]
     if out is None:
-        out = q.new_zeros(b, c, *shape)
-    for a, (size, table) in enumerate(zip(shape, tables)):
-        rel = resample_1d(table, 2 * size - 1).to(q.dtype)
+        out = q.new_zeros(*q.shape[:2], *shape)
+    lengths = table_lengths or [t.shape[0] for t in tables]
+    for a, (size, table, length) in enumerate(zip(shape, tables, lengths)):
+        rel = resample_1d(table, 2 * size - 1, length).to(q.dtype)
         idx = indices.rel_index[a][q_coords[:, a]]  # (c, size_k)
         proj = torch.einsum('bcd,ckd->bck', q, rel[idx])  # <q_i, R_a[i_a - j_a]> for every key coordinate j_a
-        view = [b, c] + [1] * rank
-        view[2 + a] = size
-        out.add_(proj.reshape(view))
-    return out.reshape(b, c, -1)
+        view = [1] * rank
+        view[a] = size
+        out = out.add_(proj.unflatten(-1, view))  # the returned tensor carries the write (FX keeps it)
+    return out.flatten(2)
 
 
 @register_pos_encoding
@@ -84,9 +86,11 @@ class DecomposedRelPos(PositionalEncoding):
 
         def add_patch_part(skip, patch_rows, out):  # no bias to or from prefix tokens
             target = out.unflatten(-1, shape).flatten(0, 1)  # a view of (B H, c', *shape)
-            decomposed_bias(q[:, :, skip:].flatten(0, 1), [t[layer] for t in self.tables], shape, patch_rows,
-                            out=target, indices=ctx.state)
-        return grid_bias(rows, ctx.grid, (b, h), add_patch_part, 0., dtype=q.dtype, device=q.device)
+            written = decomposed_bias(q[:, :, skip:].flatten(0, 1), [t[layer] for t in self.tables], shape,
+                                      patch_rows, out=target, indices=ctx.state, table_lengths=lengths)
+            return written.unflatten(0, (b, h))
+        lengths = [self.tables._parameters[str(a)].shape[1] for a in range(len(shape))]  # ints, also when tracing
+        return grid_bias(rows, ctx.grid, (b, h), add_patch_part, 0., dtype=q.dtype, device=ctx.device)
 
     def resize_state_dict(self, state_dict, prefix):
         for a, size in enumerate(self.grid_size):

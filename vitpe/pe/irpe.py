@@ -187,7 +187,7 @@ class IRPE(PositionalEncoding):
         axes = grid.rank if self.method == 'cross' else 1
 
         def build():
-            return grid_bias(rows, grid, (axes,), lambda skip, patch_rows, out: out.copy_(
+            return grid_bias(rows, grid, (axes,), lambda skip, patch_rows, out: out.copy_(  # returns out
                 self.patch_ids(grid.shape, patch_rows, device, keys_first)), self.prefix_bucket, dtype=torch.long,
                 device=device, keys_first=keys_first)
         if rows == slice(None) and grid.num_tokens <= self.cache_tokens:
@@ -207,7 +207,7 @@ class IRPE(PositionalEncoding):
                 enc = table[a][:, idx].unsqueeze(0)  # (1, H|1, rows, cols)
             else:
                 per_bucket = (x * scale) @ table[a].to(x.dtype)  # (B, H, rows, buckets)
-                enc = per_bucket.gather(-1, idx.expand(*per_bucket.shape[:2], *idx.shape))
+                enc = per_bucket.gather(-1, idx.expand(per_bucket.shape[:2] + idx.shape))
             out = enc if out is None else out + enc
         return out
 
@@ -215,18 +215,19 @@ class IRPE(PositionalEncoding):
         scale = self.head_dim ** -0.5
         out = None
         if 'k' in self.on:  # logits_ij += q_i . T[bucket_ij]
-            out = self._encode(q, self.k_table[layer], self.bucket_ids(ctx.grid, rows, q.device), scale)
+            out = self._encode(q, self.k_table[layer], self.bucket_ids(ctx.grid, rows, ctx.device), scale)
         if 'q' in self.on:  # logits_ij += k_j . T[bucket_ji]; the product / cross buckets are not symmetric
-            ids_t = self.bucket_ids(ctx.grid, rows, q.device, keys_first=True)
+            ids_t = self.bucket_ids(ctx.grid, rows, ctx.device, keys_first=True)
             enc = self._encode(k, self.q_table[layer], ids_t, scale).transpose(-1, -2)
             out = enc if out is None else out + enc
         return out.to(q.dtype)
 
     def value(self, out, v, attn, ctx, layer, rows=slice(None)):
-        ids = self.bucket_ids(ctx.grid, rows, attn.device)
+        ids = self.bucket_ids(ctx.grid, rows, ctx.device)
         table = self.v_table[layer]  # (axes, H|1, buckets, d)
+        buckets = self._parameters['v_table'].shape[-2]  # an int, also under FX tracing
         for a in range(ids.shape[0]):
-            per_bucket = attn.new_zeros(*attn.shape[:-1], table.shape[-2])
-            per_bucket.scatter_add_(-1, ids[a].expand_as(attn), attn)  # attention summed per bucket
+            per_bucket = attn.new_zeros(attn.shape[:-1] + (buckets,))
+            per_bucket = per_bucket.scatter_add_(-1, ids[a].expand_as(attn), attn)  # attention summed per bucket
             out = out + per_bucket @ table[a].to(attn.dtype)
         return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from .base import PositionalEncoding
 from .common import LearnedTable, check_bool, check_positive
@@ -102,7 +103,7 @@ class RotaryPE(PositionalEncoding):
         """exp(i angle) for the angles (..., N, P) with ``num_prefix`` leading rows of angle 0 (the prefix
         tokens are not rotated): one rotation over the whole sequence, no split and concat per layer."""
         if num_prefix:
-            ang = torch.cat([ang.new_zeros(*ang.shape[:-2], num_prefix, ang.shape[-1]), ang], dim=-2)
+            ang = F.pad(ang, (0, 0, num_prefix, 0))  # num_prefix rows of zeros before the patch rows
         return torch.polar(torch.ones_like(ang), ang)
 
     def extension(self, grid) -> float:
