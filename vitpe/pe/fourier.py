@@ -67,11 +67,16 @@ class FourierPE(PositionalEncoding):
             nn.Conv1d(sets * num_features, sets * hidden_dim, 1, groups=sets), nn.GELU(),
             nn.Conv1d(sets * hidden_dim, self.dim, 1, groups=sets))
 
+    def fourier_terms(self, coords: torch.Tensor) -> torch.Tensor:
+        """r of Eq. 2 for (N, M) coordinates, (S, F, N), in float32 whatever the autocast dtype (positions times
+        frequencies lose their fractional part in bf16)."""
+        with torch.autocast(coords.device.type, enabled=False):
+            proj = torch.einsum('nm,gfm->gfn', coords.float(), self.freqs.float())  # (S, F/2, N)
+            return torch.cat([proj.cos(), proj.sin()], dim=1) / math.sqrt(self.num_features)
+
     def features(self, coords: torch.Tensor) -> torch.Tensor:
-        """Eq. 2 for (N, M) coordinates: (1, N, D)."""
-        proj = torch.einsum('nm,gfm->gfn', coords, self.freqs)  # (S, F/2, N)
-        r = torch.cat([proj.cos(), proj.sin()], dim=1) / math.sqrt(self.num_features)  # (S, F, N)
-        return self.mlp(r.reshape(1, -1, coords.shape[0])).transpose(1, 2)
+        """Eq. 2 for (N, M) coordinates: (1, N, D) (the MLP under the caller's autocast)."""
+        return self.mlp(self.fourier_terms(coords).reshape(1, -1, coords.shape[0])).transpose(1, 2)
 
     def prepare(self, grid, strategy=NO_STRATEGY, device=None):
         device = device or self.default_device()
