@@ -145,6 +145,11 @@ def test_old_checkpoint_as_initial_checkpoint_and_resume_start(tmp_path, tool):
     ft = load_checkpoint(str(tmp_path / 'ft' / 'last.pth'))
     assert ft['format'] == FORMAT and ft['img_size'] == 48 and ft['model_name'] == 'vitpe_tiny_patch16_rope_mixed_224'
     assert ft['model_kwargs'] == {'patch_size': 8, 'depth': 2, 'embed_dim': 16, 'num_heads': 2}
+    weights = load_checkpoint(str(tmp_path / 'ft' / 'model.safetensors'))  # the best epoch's weights, safetensors
+    best = load_checkpoint(str(tmp_path / 'ft' / 'best.pth'))
+    assert weights['model_name'] == best['model_name'] and weights['img_size'] == 48
+    assert sorted(weights['model']) == sorted(best['model'])
+    assert all(weights['model'][k].equal(v) for k, v in best['model'].items())
     resume = tmp_path / 'resume'
     resume.mkdir()
     (resume / 'last.pth').write_bytes(open(OLD_TRAIN, 'rb').read())

@@ -10,10 +10,16 @@ format (``vitpe-train-1``, up to 75d2ea8) hold numpy's RNG state as an array: fo
 globals that state needs are allowed (on every read, as the format is only known once the file is read;
 they rebuild arrays and run no code), and the state is converted on load.
 
+With every new best epoch the model's weights are also written as ``model.safetensors`` (tensors only, with
+the model's name, arguments and classes in the header): timm loads it with
+``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file='runs/x/model.safetensors'))``
+and ``load_checkpoint`` / ``load_model`` read it as a checkpoint without the training state.
+
     python -m vitpe.checkpoint runs/x/best.pth      # what a checkpoint holds, in a few lines
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -24,12 +30,17 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import timm
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from .errors import CheckpointError
 
 FORMAT = 'vitpe-train-2'
 READABLE_FORMATS = ('vitpe-train-1', FORMAT)
 REQUIRED_KEYS = ('model', 'model_name', 'model_kwargs', 'img_size', 'num_classes')
+WEIGHTS_FILE = 'model.safetensors'
+WEIGHTS_FORMAT = 'vitpe-weights-1'
+STATE_DICT_KEYS = ('state_dict_ema', 'model_ema', 'state_dict', 'model')  # where timm looks, in its order
 
 
 def _numpy_rng_globals() -> List[Any]:
@@ -46,6 +57,68 @@ def save_checkpoint(obj: Dict[str, Any], path: str) -> None:
     tmp = f"{path}.tmp.{os.getpid()}"
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def save_weights(state_dict: Dict[str, torch.Tensor], path: str, metadata: Optional[Dict[str, str]] = None) -> None:
+    """A state dict as a safetensors file (every tensor its own contiguous copy), atomically; ``metadata``
+    (strings) goes into the header."""
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    tmp = f"{path}.tmp.{os.getpid()}"
+    save_file(tensors, tmp, metadata=dict(metadata or {}, format='pt'))
+    os.replace(tmp, path)
+
+
+def save_checkpoints(ckpt: Dict[str, Any], folder: str, is_best: bool) -> None:
+    """``last.pth``; and, when the epoch is the best so far, ``best.pth`` and its weights as ``model.safetensors``."""
+    save_checkpoint(ckpt, os.path.join(folder, 'last.pth'))
+    if is_best:
+        save_checkpoint(ckpt, os.path.join(folder, 'best.pth'))
+        metadata = {'vitpe_format': WEIGHTS_FORMAT, 'model_name': ckpt['model_name'],
+                    **{k: json.dumps(ckpt.get(k)) for k in ('model_kwargs', 'img_size', 'num_classes', 'classes',
+                                                            'epoch', 'val_acc')}}
+        save_weights(ckpt['model'], os.path.join(folder, WEIGHTS_FILE), metadata)
+
+
+def _read_safetensors(path: str, header_only: bool = False) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    try:
+        with safe_open(path, framework='pt') as f:
+            metadata = f.metadata() or {}
+            tensors = {} if header_only else {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise CheckpointError(f"{path!r} could not be read as a safetensors file (truncated or not one: "
+                              f"{type(e).__name__}: {e})") from None
+    return tensors, metadata
+
+
+def read_weights_file(path: str, header_only: bool = False) -> Dict[str, torch.Tensor]:
+    """The state dict in a weights file as timm reads it: a ``.safetensors`` file (with ``header_only``, its
+    header is checked and nothing returned), or a torch file read safely, holding a state dict or a dict with one
+    under one of ``STATE_DICT_KEYS``. Anything else raises ``CheckpointError`` saying what was found."""
+    if str(path).endswith('.safetensors'):
+        return _read_safetensors(path, header_only)[0]
+    obj = _read(path)
+    if isinstance(obj, dict):
+        key = next((k for k in STATE_DICT_KEYS if isinstance(obj.get(k), dict)), None)
+        obj = obj[key] if key else obj
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        what = f"a dict with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
+        raise CheckpointError(f"{path!r} holds no state dict ({what}); expected a dict of tensors, or a dict with "
+                              f"one under {list(STATE_DICT_KEYS)}")
+    return obj
+
+
+def _load_weights_file(path: str) -> Dict[str, Any]:
+    """A ``model.safetensors`` written by training, as a checkpoint without the training state."""
+    tensors, meta = _read_safetensors(path)
+    if meta.get('vitpe_format') != WEIGHTS_FORMAT:
+        raise CheckpointError(f"{path!r} is a safetensors file without vitpe's header (vitpe_format "
+                              f"{meta.get('vitpe_format')!r}, expected {WEIGHTS_FORMAT!r}): load it into a model "
+                              f"with timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=...))")
+    fields = {k: json.loads(meta[k]) for k in ('model_kwargs', 'img_size', 'num_classes', 'classes', 'epoch',
+                                               'val_acc') if k in meta}
+    return {'format': WEIGHTS_FORMAT, 'model': tensors, 'model_name': meta['model_name'], **fields}
 
 
 def _read(path: str) -> Any:
@@ -70,7 +143,10 @@ def _read(path: str) -> Any:
 
 def load_checkpoint(path: str) -> Dict[str, Any]:
     """A vitpe training checkpoint (either format; RNG states in the current form), read safely;
-    anything else raises ``CheckpointError`` saying what it is not."""
+    anything else raises ``CheckpointError`` saying what it is not. A ``.safetensors`` file written by training
+    gives the weights and the model's description (format ``WEIGHTS_FORMAT``), no training state."""
+    if str(path).endswith('.safetensors'):
+        return _load_weights_file(path)
     ckpt = _read(path)
     fmt = ckpt.get('format') if isinstance(ckpt, dict) else None
     if fmt not in READABLE_FORMATS or any(k not in ckpt for k in REQUIRED_KEYS):

@@ -3,7 +3,8 @@
 One process or several (``torchrun --nproc_per_node=N``: DistributedDataParallel, gloo on CPU,
 nccl on GPU; ``batch_size`` is the global batch). timm's optimizer and scheduler factories, timm's
 mixup / cutmix and model EMA, bf16 autocast as options. Every epoch: a progress bar, a row in
-``log.csv`` and ``log.jsonl``, and an atomic checkpoint (``last.pth``, ``best.pth``; ``vitpe.checkpoint``)
+``log.csv`` and ``log.jsonl``, and an atomic checkpoint (``last.pth``, ``best.pth`` and the best weights as
+``model.safetensors``; ``vitpe.checkpoint``)
 holding the model name and arguments, the training resolution, the epoch and every RNG state, so that
 ``resume`` continues after a kill and gives the same result as an uninterrupted run.
 ``tools/train.py`` is the command line.
@@ -35,7 +36,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
-from .checkpoint import create_model, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import create_model, load_checkpoint, rng_state, save_checkpoints, set_rng_state
 from .config import TrainConfig, parse_config
 from .data import build_dataset, collate_skip_none
 from .errors import CheckpointError, TrainingError
@@ -333,9 +334,7 @@ def end_epoch(run: Run, epoch: int, train_loss: float, started: float,
         dist.all_gather_object(rngs, rng_state())
     if run.rank == 0:
         ckpt = checkpoint_dict(run, epoch, metrics['acc'], rngs)
-        save_checkpoint(ckpt, os.path.join(cfg.output, 'last.pth'))
-        if is_best:
-            save_checkpoint(ckpt, os.path.join(cfg.output, 'best.pth'))
+        save_checkpoints(ckpt, cfg.output, is_best)
         run.logger.write(row)
     for cb in callbacks:
         cb.on_epoch_end(epoch + 1, row)
