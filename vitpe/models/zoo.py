@@ -9,10 +9,10 @@ import sys
 from typing import Any, Dict
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..pe.registry import on_register
-from .convert import checkpoint_filter_fn
+from .convert import SOURCES, check_pretrained_file, checkpoint_filter_fn
 from .vision_transformer import VisionTransformer
 
 # size -> trunk dimensions and reference image size; 'micro' is the study's model (a 4 x 4 grid at 64 px)
@@ -24,7 +24,7 @@ SIZES: Dict[str, Dict[str, Any]] = {
 }
 TRUNK = dict(patch_size=16, mlp_ratio=4., qkv_bias=True, class_token=True, global_pool='token')
 ZOO: Dict[str, Dict[str, Any]] = {}  # model name -> constructor arguments
-default_cfgs: Dict[str, Dict[str, Any]] = {}  # read by timm's register_model
+default_cfgs: Dict[str, Any] = {}  # read by timm's register_model (a dict, or a DefaultCfg with tags)
 
 
 def model_name(size: str, suffix: str = '') -> str:
@@ -43,6 +43,8 @@ def _cfg(args: Dict[str, Any]) -> Dict[str, Any]:
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> VisionTransformer:
     out_indices = kwargs.pop('out_indices', 3)
+    if pretrained:
+        check_pretrained_file(kwargs.get('pretrained_cfg_overlay'))
     return build_model_with_cfg(
         VisionTransformer, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
@@ -74,7 +76,13 @@ def _make_entry(name: str, model_args: Dict[str, Any]):
 
 def _register(name: str, args: Dict[str, Any]) -> None:
     ZOO[name] = args
-    default_cfgs[name] = _cfg(args)
+    cfg = _cfg(args)
+    tags = [tag for tag, (_, (sizes, suffixes)) in SOURCES.items()
+            if name in {model_name(size, suffix) for size in sizes for suffix in suffixes}]
+    # the untagged cfg stays the default (no weights); each tag names the authors' source its converter reads
+    default_cfgs[name] = generate_default_cfgs({name: cfg, **{f'{name}.{tag}': dict(
+        cfg, description=f"{cfg['description']}; converted from the authors' checkpoint ({tag})")
+        for tag in tags}})[name] if tags else cfg
     setattr(sys.modules[__name__], name, register_model(_make_entry(name, args)))
 
 
