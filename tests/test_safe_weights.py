@@ -11,8 +11,8 @@ import torch
 from safetensors import safe_open
 from timm.layers import resample_patch_embed
 
-from vitpe.checkpoint import (FORMAT, WEIGHTS_FILE, WEIGHTS_FORMAT, load_checkpoint, load_model, save_checkpoints,
-                              save_weights, scheme_of)
+from vitpe.checkpoint import (FORMAT, WEIGHTS_FILE, WEIGHTS_FORMAT, describe_checkpoint, load_checkpoint, load_model,
+                              save_checkpoints, save_weights, scheme_of)
 from vitpe.errors import CheckpointError
 from vitpe.models.convert import resample_patch
 
@@ -56,6 +56,8 @@ def test_best_weights_are_written_as_safetensors_and_load_in_timm_and_vitpe(tmp_
     assert ckpt['format'] == WEIGHTS_FORMAT and ckpt['classes'] == list('abcdefg') and ckpt['num_classes'] == 7
     with torch.no_grad():
         torch.testing.assert_close(again(X), model(X), rtol=0, atol=0)
+    info = describe_checkpoint(str(path))  # python -m vitpe.checkpoint model.safetensors
+    assert (info['scheme'], info['epoch'], info['val_acc'], info['format']) == ('rope_mixed', 4, 0.5, WEIGHTS_FORMAT)
 
 
 def test_safetensors_are_rewritten_only_for_a_new_best(tmp_path):
@@ -123,7 +125,7 @@ def test_a_pickle_that_would_run_code_never_runs_in_timms_path(tmp_path):
     with pytest.raises(ValueError, match=r'holds pickled Python objects \(io.open\)'):
         pretrained(path)
     assert not marker.exists()
-    with pytest.raises(Exception):  # timm's own loader (weights_only=True in timm 1.0.31) refuses it too
+    with pytest.raises(RuntimeError, match='weights_only=True blocked'):  # timm 1.0.31's own loader refuses it too
         timm.models.load_state_dict(str(path))
     assert not marker.exists()
     torch.load(path, weights_only=False)  # the file does run code when unpickled: the test is not vacuous
