@@ -18,7 +18,8 @@ class Attention(nn.Module):
 
     Paths (``path_for``): 'fused' (no bias), 'bias' (one (B, heads, N, N) bias), 'chunked' (the bias,
     and the probabilities if needed, built for ``chunk`` query rows at a time, so memory stays
-    O(chunk x N) however large the grid: used when a full bias would exceed ``bias_budget_mb``).
+    O(chunk x N) however large the grid: used when a full bias would exceed ``bias_budget_mb``; not under
+    torch.compile / torch.export, whose graph cannot branch on symbolic sizes: there the bias is whole).
     """
     bias_budget_mb: float = 16.
 
@@ -43,6 +44,8 @@ class Attention(nn.Module):
     def path_for(self, pe, batch: int, n: int, elem_size: int = 4) -> str:
         if not pe.uses('bias') and not pe.needs_attn_probs:
             return 'fused'
+        if torch.compiler.is_compiling():  # sizes may be symbolic: one full bias (a graph does not branch on them)
+            return 'bias'
         return 'bias' if self.chunk_rows(batch, n, elem_size) >= n else 'chunked'
 
     def _attend(self, q, k, v, ctx: PosContext, layer: int, rows: slice):

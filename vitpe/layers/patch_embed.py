@@ -66,7 +66,7 @@ class PatchEmbed(nn.Module):
             self.num_patches *= g
 
     def grid_for(self, size: Sequence[int]) -> Tuple[int, ...]:
-        size = tuple(int(s) for s in size)
+        size = tuple(size)  # ints, or symbolic sizes under torch.export / compile (int() would specialise them)
         if len(size) != self.rank:
             kind = 'image (H, W)' if self.rank == 2 else 'video (T, H, W)'
             raise ValueError(f"input size {size} has {len(size)} spatial axes, this model takes {kind}")

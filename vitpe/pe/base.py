@@ -197,7 +197,11 @@ class PositionalEncoding(nn.Module):
         return next(itertools.chain(self.parameters(), self.buffers())).device
 
     def cached(self, key, fn: Callable[[], Any]):
-        """Memoise shape-only state (no parameters inside) by ``key``; cleared on device/dtype moves."""
+        """Memoise shape-only state (no parameters inside) by ``key``; cleared on device/dtype moves. Under
+        torch.compile / torch.export the state is computed in the graph instead (a key of symbolic sizes
+        would specialise them)."""
+        if torch.compiler.is_compiling():
+            return fn()
         val = self._cache.get(key)
         if val is None:
             if len(self._cache) >= 64:  # many grids or table versions seen: start over rather than grow

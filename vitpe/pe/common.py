@@ -84,8 +84,8 @@ def resample_table(table: torch.Tensor, new_shape: Sequence[int], interpolation:
     ``resample_abs_pos_embed`` (bicubic with antialias, i.e. PIL's kernel a = -0.5 both ways; without
     antialias PyTorch's bicubic has a = -0.75, as SAM2, DeiT and RoPE-ViT's own code). 3D tables use trilinear."""
     old_shape = tuple(table.shape[1:-1])
-    new_shape = tuple(int(s) for s in new_shape)
-    if old_shape == new_shape:
+    new_shape = tuple(new_shape)
+    if not torch.compiler.is_compiling() and old_shape == new_shape:  # compiled: resample (exact at equal size)
         return table
     rank = len(old_shape)
     if rank == 3 and interpolation in ('bicubic', 'bilinear'):
@@ -102,8 +102,8 @@ def resample_table(table: torch.Tensor, new_shape: Sequence[int], interpolation:
 def resample_1d(table: torch.Tensor, length: int, from_length: Optional[int] = None) -> torch.Tensor:
     """Linear resampling of a (L, C) table along L (SAM / ViTDet relative tables); ``from_length`` is L when the
     caller knows it (needed under FX tracing)."""
-    if (from_length if from_length is not None else table.shape[0]) == length:
-        return table
+    if not torch.compiler.is_compiling() and (from_length if from_length is not None else table.shape[0]) == length:
+        return table  # compiled: resampled always (exact at equal length), so symbolic sizes are not specialised
     x = F.interpolate(table.t().unsqueeze(0).float(), size=length, mode='linear')
     return x[0].t().to(table.dtype)
 
@@ -118,6 +118,8 @@ def cached_resample(pe, table: torch.Tensor, shape, interpolation: str, antialia
                     from_shape: Optional[Tuple[int, ...]] = None) -> torch.Tensor:
     """``resample_table`` memoised by the scheme when no gradient is needed (inference sweeps); ``from_shape``
     is the table's grid when the caller knows it (needed under FX tracing)."""
+    if torch.compiler.is_compiling():  # symbolic sizes: resample (exact at equal size) instead of comparing them
+        return resample_table(table, shape, interpolation, antialias)
     if (from_shape if from_shape is not None else tuple(table.shape[1:-1])) == tuple(shape):
         return table
     if torch.is_grad_enabled() and table.requires_grad:
@@ -179,12 +181,12 @@ def grid_bias(rows: slice, grid, lead: Tuple[int, ...],
 
     Pairs with a prefix token hold ``prefix_fill`` (a number, or a tensor broadcastable to (*lead, c, N)).
     ``add_patch_part(skip, patch_rows, out)`` adds the patch-query x patch-key part into the zeroed view ``out``
-    (*lead, c - skip, N_patch) in place and returns the result of its last in-place op (or a new tensor): ``skip`` is the number of prefix rows at the start of the chunk (so
+    (*lead, c - skip, N_patch) in place and returns the result of its last in-place op (FX tracing needs it): ``skip`` is the number of prefix rows at the start of the chunk (so
     the caller's queries are ``q[..., skip:, :]``), ``patch_rows`` the flat patch indices of the other rows.
     With ``keys_first`` the layout is (*lead, N, c) (every key against the query rows; the view is
     (*lead, N_patch, c - skip)). Memory is O(c N), so the attention can work in row chunks on any grid."""
     p, n = grid.num_prefix, grid.num_tokens
-    first, stop, _ = rows.indices(n)
+    first, stop = (0, n) if rows == slice(None) else rows.indices(n)[:2]  # n may be symbolic when compiled
     c = stop - first
     skip = min(max(p - first, 0), c)
     shape = (*lead, n, c) if keys_first else (*lead, c, n)
@@ -205,8 +207,6 @@ def grid_bias(rows: slice, grid, lead: Tuple[int, ...],
             first_dims = (p, skip) if keys_first else (skip, p)
             head, rest = out[..., :first_dims[0], :], out[..., first_dims[0]:, :first_dims[1]]
             return torch.cat([head, torch.cat([rest, written], dim=-1)], dim=-2)
-        if written.data_ptr() != patch_part.data_ptr():  # the callback built a new tensor
-            patch_part.copy_(written)
     return out
 
 

@@ -63,6 +63,9 @@ class FourierPE(PositionalEncoding):
         # coordinates are patch indices over this grid (the training grid): a persistent buffer, so a
         # checkpoint loaded at another resolution or ``set_input_size`` keeps the positions it learned
         self.register_buffer('coord_unit', torch.tensor(self.grid_size, dtype=torch.float32))
+        self.unit = tuple(float(g) for g in self.grid_size)  # coord_unit as numbers (no tensor read per forward)
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(
+            module, 'unit', tuple(module.coord_unit.tolist())))
         self.mlp = nn.Sequential(
             nn.Conv1d(sets * num_features, sets * hidden_dim, 1, groups=sets), nn.GELU(),
             nn.Conv1d(sets * hidden_dim, self.dim, 1, groups=sets))
@@ -83,7 +86,7 @@ class FourierPE(PositionalEncoding):
         if strategy.positions == 'pi':  # position interpolation: the test grid spans [0, 1) too
             scale = tuple(1. / g for g in grid.shape)
         else:
-            scale = tuple(1. / u for u in self.coord_unit.tolist())  # the training grid, carried by checkpoints
+            scale = tuple(1. / u for u in self.unit)  # the training grid, carried by checkpoints
         coords = self.cached(('coords', grid.shape, scale, device),
                              lambda: coord_grid(grid.shape, device=device, scale=scale))
         return FourierState(coords)

@@ -172,7 +172,7 @@ class IRPE(PositionalEncoding):
                   keys_first: bool = False) -> torch.Tensor:
         """(axes, rows, N_patch) bucket ids of the patch queries ``patch_rows`` (all when None) against every
         patch key; with ``keys_first`` (axes, N_patch, rows): the bucket of (key j as query, query i as key)."""
-        if math.prod(shape) > self.cache_tokens:
+        if torch.compiler.is_compiling() or math.prod(shape) > self.cache_tokens:  # compiled: no size test
             return self._ids(shape, patch_rows, keys_first, device)
         # full[a, i, j]: the bucket of the offset q_i - k_j, for every pair of patches
         full = self.cached(('ids', shape, device), lambda: self._ids(shape, None, False, device))
@@ -190,8 +190,8 @@ class IRPE(PositionalEncoding):
             return grid_bias(rows, grid, (axes,), lambda skip, patch_rows, out: out.copy_(  # returns out
                 self.patch_ids(grid.shape, patch_rows, device, keys_first)), self.prefix_bucket, dtype=torch.long,
                 device=device, keys_first=keys_first)
-        if rows == slice(None) and grid.num_tokens <= self.cache_tokens:
-            return self.cached(('bucket_ids', grid, device, keys_first), build)
+        if rows == slice(None) and (torch.compiler.is_compiling() or grid.num_tokens <= self.cache_tokens):
+            return self.cached(('bucket_ids', grid, device, keys_first), build)  # compiled: built in the graph
         return build()
 
     # ----------------------------------------------------------------- hooks

@@ -118,8 +118,10 @@ class RotaryPE(PositionalEncoding):
         YaRN: r = rotations a frequency makes over the reference grid; frequencies with r < 1 are
         interpolated (divided by s), those with r > 4 kept, a linear ramp in between (Peng et al. 2023,
         Eq. 17-18, with ramp bounds for grids of tens of tokens instead of thousands)."""
+        if strategy.positions not in ('ntk', 'yarn'):
+            return freqs
         s = self.extension(grid)
-        if s <= 1.0 or strategy.positions not in ('ntk', 'yarn'):
+        if s <= 1.0:
             return freqs
         mag = freqs.abs().float().clamp(min=1e-12)
         if strategy.positions == 'ntk':
@@ -132,5 +134,7 @@ class RotaryPE(PositionalEncoding):
 
     def logit_temperature(self, grid, strategy: ResolutionStrategy) -> float:
         """YaRN's attention temperature: logits times (0.1 ln s + 1)^2."""
+        if strategy.positions != 'yarn':
+            return 1.0
         s = self.extension(grid)
-        return (0.1 * math.log(s) + 1) ** 2 if strategy.positions == 'yarn' and s > 1 else 1.0
+        return (0.1 * math.log(s) + 1) ** 2 if s > 1 else 1.0
