@@ -5,6 +5,7 @@ or print the deployment table of every scheme (README's Deployment section).
     python tools/export.py --model vitpe_small_patch16_rope_mixed_224 --output rope_mixed.pt2
     python tools/export.py --checkpoint runs/x/best.pth --output x.pt2          # the checkpoint's model
     python tools/export.py --model vitpe_micro_patch16_irpe_64 --static --output irpe64.pt2   # fixed size
+    python tools/export.py --model vitpe_micro_patch16_ape_64 --onnx --output ape.onnx   # ONNX (dynamo exporter)
     python tools/export.py --report                                             # every scheme: FX, export, compile, bf16
 
 Load an export with ``torch.export.load(path).module()``; it takes any size the patch divides.
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 import vitpe
 from vitpe.checkpoint import load_model
-from vitpe.deploy import ExportError, deployment_report, example_input, export_model, to_markdown
+from vitpe.deploy import ExportError, deployment_report, example_input, export_model, export_onnx, to_markdown
 from vitpe.errors import TrainingError
 
 
@@ -31,6 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument('--pretrained-file', help='with --model: weights to load (timm pretrained_cfg_overlay file)')
     ap.add_argument('--num-classes', type=int, default=None)
     ap.add_argument('--static', action='store_true', help='export at the example size only')
+    ap.add_argument('--onnx', action='store_true', help='write ONNX (dynamo exporter) to --output instead')
     ap.add_argument('--output', default='model.pt2')
     args = ap.parse_args(argv)
     if args.report:
@@ -48,6 +50,10 @@ def main(argv=None) -> int:
                 kw.update(pretrained=True, pretrained_cfg_overlay=dict(file=args.pretrained_file, **kw))
             model = timm.create_model(args.model, **kw)
         example = example_input(model)
+        if args.onnx:
+            export_onnx(model, args.output, example, dynamic=not args.static)
+            print(f"wrote {args.output} (ONNX, {'fixed size' if args.static else 'dynamic sizes'})")
+            return 0
         program = export_model(model, example, dynamic=not args.static)
     except (ExportError, TrainingError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

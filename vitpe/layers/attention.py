@@ -56,7 +56,9 @@ class Attention(nn.Module):
         if bias is not None and ctx.logit_scale != 1.0:
             bias = bias * ctx.logit_scale
         attn = None
-        if pe.needs_attn_probs:
+        # explicit probabilities when the value hook needs them, and for a bias under ONNX export (its
+        # decomposition of SDPA with a mask fails on symbolic sizes)
+        if pe.needs_attn_probs or (bias is not None and torch.onnx.is_in_onnx_export()):
             logits = (q * scale) @ k.transpose(-2, -1)
             if bias is not None:
                 logits = logits + bias
