@@ -36,7 +36,8 @@ def dynamic_shapes(model, max_patches: int = 256) -> Dict:
     patch = model.patch_embed.patch_size
     axes = AXES[-len(patch):]
     return {'x': {0: Dim('batch', min=1, max=1024),
-                  **{2 + i: p * Dim(f'{a}_patches', min=2, max=max_patches) for i, (a, p) in enumerate(zip(axes, patch))}}}
+                  **{2 + i: p * Dim(f'{a}_patches', min=2, max=max_patches)
+                     for i, (a, p) in enumerate(zip(axes, patch))}}}
 
 
 def _failed(model, example, dynamic: bool, what: str, e: Exception) -> ExportError:

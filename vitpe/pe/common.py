@@ -181,8 +181,9 @@ def grid_bias(rows: slice, grid, lead: Tuple[int, ...],
 
     Pairs with a prefix token hold ``prefix_fill`` (a number, or a tensor broadcastable to (*lead, c, N)).
     ``add_patch_part(skip, patch_rows, out)`` adds the patch-query x patch-key part into the zeroed view ``out``
-    (*lead, c - skip, N_patch) in place and returns the result of its last in-place op (FX tracing needs it): ``skip`` is the number of prefix rows at the start of the chunk (so
-    the caller's queries are ``q[..., skip:, :]``), ``patch_rows`` the flat patch indices of the other rows.
+    (*lead, c - skip, N_patch) in place and returns the result of its last in-place op (FX tracing needs it):
+    ``skip`` is the number of prefix rows at the start of the chunk (so the caller's queries are
+    ``q[..., skip:, :]``), ``patch_rows`` the flat patch indices of the other rows.
     With ``keys_first`` the layout is (*lead, N, c) (every key against the query rows; the view is
     (*lead, N_patch, c - skip)). Memory is O(c N), so the attention can work in row chunks on any grid."""
     p, n = grid.num_prefix, grid.num_tokens
