@@ -2,6 +2,8 @@
 import csv
 import os
 
+import numpy as np
+
 import pytest
 
 import vitpe
@@ -18,6 +20,7 @@ train: {img_size: 32, epochs: 1, train_samples: 32, val_samples: 16, batch_size:
 resolutions: [32, 48]
 eval_samples: 16
 strategy_schemes: [ape]
+seeds: 2
 """
 
 
@@ -31,12 +34,49 @@ def test_study_trains_sweeps_and_skips_finished_runs(tmp_path, tool, capsys):
     series = {(r['label'], r['strategy']) for r in rows}
     ape_strategies = {'logit', 'bicubic', 'bilinear', 'nearest'}
     assert series == {('none', 'none'), ('ape', 'none'), ('ape-kind', 'none')} | {('ape', s) for s in ape_strategies}
-    assert sorted({int(r['res']) for r in rows}) == [32, 48] and len(rows) == 2 * len(series)
+    assert sorted({int(r['res']) for r in rows}) == [32, 48] and len(rows) == 2 * 2 * len(series)
     assert {r['model'] for r in rows} == {'vitpe_tiny_patch16_none_224', 'vitpe_tiny_patch16_ape_224'}
-    assert 'Resolution study: 2 schemes on synthetic:position, trained at 32 px, 1 control runs' in capsys.readouterr().out
-    stamps = {name: os.path.getmtime(out / 'runs' / name / 'last.pth') for name in ('none', 'ape', 'ape-kind')}
+    per_cell = {}
+    for r in rows:
+        per_cell.setdefault((r['label'], r['strategy'], int(r['res'])), {})[int(r['seed'])] = float(r['acc'])
+    assert all(sorted(seeds) == [0, 1] for seeds in per_cell.values())
+    summary = list(csv.DictReader(open(out / 'summary.csv')))
+    assert len(summary) == len(per_cell)
+    for s in summary:
+        accs = list(per_cell[(s['label'], s['strategy'], int(s['res']))].values())
+        assert int(s['n_seeds']) == 2 and float(s['mean']) == pytest.approx(np.mean(accs))
+        assert float(s['std']) == pytest.approx(np.std(accs, ddof=1))
+    printed = capsys.readouterr().out
+    assert 'Resolution study: 2 schemes on synthetic:position, trained at 32 px, 1 control runs, 2 seeds each' in printed
+    assert '±' in printed and '±' in (out / 'results.md').read_text() and (out / 'resolution.png').exists()
+    names = [(name, seed) for name in ('none', 'ape', 'ape-kind') for seed in (0, 1)]
+    stamps = {key: os.path.getmtime(out / 'runs' / key[0] / f'seed{key[1]}' / 'last.pth') for key in names}
     assert study.main(['--config', str(config), '--output', str(out), '--schemes', 'ape']) == 0  # nothing retrained
-    assert {name: os.path.getmtime(out / 'runs' / name / 'last.pth') for name in stamps} == stamps
+    assert {key: os.path.getmtime(out / 'runs' / key[0] / f'seed{key[1]}' / 'last.pth') for key in names} == stamps
+
+
+def test_study_one_seed_gives_no_spread_and_seeds_are_distinct_runs(tmp_path, tool):
+    study = tool('study')
+    config = tmp_path / 'study.yaml'
+    config.write_text(TINY_STUDY.replace('seeds: 2', 'seeds: [5]').replace('schemes: [none, ape]', 'schemes: [ape]')
+                      .replace('controls:\n  synthetic:kind: [ape]\n', '').replace('strategy_schemes: [ape]\n', ''))
+    out = tmp_path / 'out'
+    assert study.main(['--config', str(config), '--output', str(out)]) == 0
+    summary = list(csv.DictReader(open(out / 'summary.csv')))
+    assert [(s['label'], s['n_seeds'], s['std']) for s in summary] == [('ape', '1', '')] * 2
+    assert {r['seed'] for r in csv.DictReader(open(out / 'results.csv'))} == {'5'}
+    assert '±' not in (out / 'results.md').read_text()
+    runs = study.plan_runs(study.load_study(str(config)), str(tmp_path))
+    assert [(r.name, r.seed, r.config.seed) for r in runs] == [('ape', 5, 5)]
+    config.write_text(TINY_STUDY.replace('seeds: 2', 'seeds: [0, 7]'))
+    runs = study.plan_runs(study.load_study(str(config)), str(tmp_path))
+    assert [(r.name, r.config.seed) for r in runs[:2]] == [('none', 0), ('none', 7)]
+    assert runs[1].config.output == str(tmp_path / 'runs' / 'none' / 'seed7')
+    for bad in ('0', '-1', 'three', '[]', '[1, 1]', 'true'):
+        config.write_text(TINY_STUDY.replace('seeds: 2', f'seeds: {bad}'))
+        with pytest.raises(ValueError, match='seeds must be .*; got ' + {'three': "'three'", 'true': 'True'}.get(
+                bad, bad).replace('[', r'\[').replace(']', r'\]')):
+            study.plan_runs(study.load_study(str(config)), str(tmp_path))
 
 
 def test_study_config_schemes_all_and_errors(tmp_path, tool):
@@ -44,13 +84,15 @@ def test_study_config_schemes_all_and_errors(tmp_path, tool):
     config = tmp_path / 'study.yaml'
     config.write_text(TINY_STUDY.replace('schemes: [none, ape]', 'schemes: all'))
     runs = study.plan_runs(study.load_study(str(config)), str(tmp_path))
-    assert [r.scheme for r in runs] == vitpe.list_pos_encodings() + ['ape']
-    assert runs[0].config.output == str(tmp_path / 'runs' / runs[0].name) and runs[0].config.resume == 'auto'
+    assert [r.scheme for r in runs[::2]] == vitpe.list_pos_encodings() + ['ape']
+    assert [r.seed for r in runs[:2]] == [0, 1] and [r.config.seed for r in runs[:2]] == [0, 1]
+    assert runs[0].config.output == str(tmp_path / 'runs' / runs[0].name / 'seed0') and runs[0].config.resume == 'auto'
     shipped = study.load_study(os.path.join(ROOT, 'configs', 'study_position_64.yaml'))
     shipped_runs = study.plan_runs(shipped, 'x')
-    assert shipped['schemes'] == 'all' and len(shipped_runs) == len(vitpe.list_pos_encodings()) + 2
-    assert shipped_runs[1].config.model == 'vitpe_micro_patch16_ape_64' and shipped_runs[1].config.model_kwargs == {}
-    for text, message in [(TINY_STUDY + 'seeds: 3\n', r"unknown keys \['seeds'\], missing keys \[\]"),
+    assert shipped['schemes'] == 'all' and shipped['seeds'] == 3
+    assert len(shipped_runs) == 3 * (len(vitpe.list_pos_encodings()) + 2)
+    assert shipped_runs[3].config.model == 'vitpe_micro_patch16_ape_64' and shipped_runs[3].config.model_kwargs == {}
+    for text, message in [(TINY_STUDY + 'seed: 3\n', r"unknown keys \['seed'\], missing keys \[\]"),
                           (TINY_STUDY.replace('schemes: [none, ape]', 'schemes: [none, rope2d]'),
                            r"unknown: \['rope2d'\]"),
                           (TINY_STUDY.replace('epochs: 1', 'epoch: 1'), r"\(train\) has unknown keys \['epoch'\]"),
@@ -72,4 +114,4 @@ def test_study_names_models_no_scheme_registered_and_reads_the_old_keys(tmp_path
     config.write_text(old)
     with pytest.warns(FutureWarning, match="'model_prefix' and a 'model' dict are deprecated"):
         runs = study.plan_runs(study.load_study(str(config)), str(tmp_path))
-    assert runs[1].config.model == 'vitpe_tiny_patch16_ape_224' and runs[1].config.model_kwargs['embed_dim'] == 16
+    assert runs[2].config.model == 'vitpe_tiny_patch16_ape_224' and runs[2].config.model_kwargs['embed_dim'] == 16

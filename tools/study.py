@@ -6,13 +6,16 @@ training size with no fine-tuning, and print the table and write the plot.
     python tools/study.py --config configs/study_position_64.yaml --output study
     python tools/study.py --schemes ape rope_mixed --output study_two     # only these schemes
 
-Interrupted? Run the same command again: finished runs are kept, a run in progress resumes from
-its last finished epoch.
+A run is one (scheme, task, seed), in ``<output>/runs/<name>/seed<k>`` (name: the scheme, or
+scheme-task for a control run), trained with ``TrainConfig.seed = k``. Interrupted? Run the same
+command again: finished runs are kept, a run in progress resumes from its last finished epoch.
 
 The config (YAML): ``task`` (data of the main runs), ``model`` (a name with ``{scheme}`` in it),
 ``model_kwargs``, ``schemes`` (``all``: every registered scheme, ``vitpe.list_pos_encodings()``; or a
 list), ``controls`` (task: [schemes] trained on another task), ``train`` (``TrainConfig`` fields),
-``resolutions``, ``eval_samples`` and ``strategy_schemes`` (swept with every strategy that applies).
+``resolutions``, ``eval_samples``, ``strategy_schemes`` (swept with every strategy that applies) and
+``seeds`` (a number n: seeds 0..n-1, default 3; or a list of seeds). ``results.csv`` keeps every seed's
+numbers; ``summary.csv`` and the table give mean, standard deviation (ddof=1) and number of seeds per cell.
 """
 import argparse
 import os
@@ -28,18 +31,20 @@ from tqdm import tqdm
 import vitpe
 from vitpe.checkpoint import load_checkpoint
 from vitpe.config import TrainConfig, read_yaml
-from vitpe.eval import sweep, to_markdown, write_results
+from vitpe.eval import summarize, summary_markdown, sweep, write_summary
 from vitpe.training import train
 
 REQUIRED = ('task', 'model', 'schemes', 'train', 'resolutions', 'eval_samples')
-OPTIONAL = ('model_kwargs', 'controls', 'strategy_schemes')
+OPTIONAL = ('model_kwargs', 'controls', 'strategy_schemes', 'seeds')
+DEFAULT_SEEDS = 3
 
 
 @dataclass
 class StudyRun:
-    name: str  # folder under <output>/runs and row label
+    name: str  # folder under <output>/runs (with seed<k> below it) and row label
     scheme: str
     task: str
+    seed: int
     config: TrainConfig
 
 
@@ -73,8 +78,21 @@ def resolve_schemes(spec) -> List[str]:
     return list(spec)
 
 
+def resolve_seeds(spec, source: str = 'study config') -> List[int]:
+    """``seeds``: a positive number n (seeds 0..n-1) or a non-empty list of distinct integer seeds."""
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+    if is_int(spec) and spec > 0:
+        return list(range(spec))
+    if isinstance(spec, list) and spec and all(is_int(v) for v in spec) and len(set(spec)) == len(spec):
+        return list(spec)
+    raise ValueError(f"{source}: seeds must be a positive number of seeds or a list of distinct integer seeds; "
+                     f"got {spec!r}")
+
+
 def plan_runs(study: Dict[str, Any], output: str, schemes: Optional[List[str]] = None) -> List[StudyRun]:
-    """One run per scheme on the study's task, then the control runs; each with its ``TrainConfig``."""
+    """One run per scheme and seed on the study's task, then the control runs; each with its ``TrainConfig``."""
+    seeds = resolve_seeds(study.get('seeds', DEFAULT_SEEDS), f"study config {study['source']!r}")
     pairs = [(s, s, study['task']) for s in resolve_schemes(schemes or study['schemes'])]
     for task, names in (study.get('controls') or {}).items():
         pairs += [(f"{s}-{task.split(':')[-1]}", s, task) for s in resolve_schemes(names)]
@@ -84,11 +102,12 @@ def plan_runs(study: Dict[str, Any], output: str, schemes: Optional[List[str]] =
                          f"a scheme declares name its models, at the sizes they list); list schemes that have one")
     runs = []
     for name, scheme, task in pairs:
-        values = {**study['train'], 'model': study['model'].format(scheme=scheme),
-                  'model_kwargs': dict(study.get('model_kwargs') or {}), 'data': task,
-                  'output': os.path.join(output, 'runs', name), 'resume': 'auto', 'quiet': True}
-        runs.append(StudyRun(name, scheme, task,
-                             TrainConfig.from_dict(values, source=f"study config {study['source']!r} (train)")))
+        for seed in seeds:
+            values = {**study['train'], 'model': study['model'].format(scheme=scheme),
+                      'model_kwargs': dict(study.get('model_kwargs') or {}), 'data': task, 'seed': seed,
+                      'output': os.path.join(output, 'runs', name, f'seed{seed}'), 'resume': 'auto', 'quiet': True}
+            config = TrainConfig.from_dict(values, source=f"study config {study['source']!r} (train)")
+            runs.append(StudyRun(name, scheme, task, seed, config))
     return runs
 
 
@@ -101,11 +120,11 @@ def train_all(runs: List[StudyRun], started: float) -> None:
     """Train every run not finished yet (an interrupted one resumes)."""
     outer = tqdm(runs, desc='study: training', unit='run')
     for run in outer:
-        outer.set_postfix(run=run.name)
+        outer.set_postfix(run=f'{run.name} seed {run.seed}')
         if run_done(run):
             continue
         summary = train(run.config)
-        tqdm.write(f"{run.name}: val_acc {summary['val_acc']:.3f} at {run.config.img_size} px "
+        tqdm.write(f"{run.name} seed {run.seed}: val_acc {summary['val_acc']:.3f} at {run.config.img_size} px "
                    f"({(time.time() - started) / 60:.1f} min so far)")
 
 
@@ -113,12 +132,13 @@ def evaluate_all(study: Dict[str, Any], runs: List[StudyRun]) -> list:
     """Every run's best checkpoint at every resolution; ``strategy_schemes`` also with every strategy."""
     ckpts = [os.path.join(r.config.output, 'best.pth') for r in runs]
     labels = [r.name for r in runs]
-    records = sweep(ckpts, study['resolutions'], ['none'], samples=study['eval_samples'], labels=labels)
-    chosen = [(c, r.name) for c, r in zip(ckpts, runs)
+    seeds = [r.seed for r in runs]
+    records = sweep(ckpts, study['resolutions'], ['none'], samples=study['eval_samples'], labels=labels, seeds=seeds)
+    chosen = [(c, r) for c, r in zip(ckpts, runs)
               if r.scheme in (study.get('strategy_schemes') or []) and r.task == study['task']]
     if chosen:
         extra = sweep([c for c, _ in chosen], study['resolutions'], ['all'], samples=study['eval_samples'],
-                      labels=[name for _, name in chosen])
+                      labels=[r.name for _, r in chosen], seeds=[r.seed for _, r in chosen])
         records += [r for r in extra if r.strategy != 'none']
     return records
 
@@ -134,11 +154,13 @@ def main(argv=None) -> int:
     started = time.time()
     train_all(runs, started)
     records = evaluate_all(study, runs)
-    paths = write_results(records, args.output)
-    n_main = sum(r.task == study['task'] for r in runs)
+    paths = write_summary(records, args.output)
+    n_seeds = len({r.seed for r in runs})
+    n_main = len({r.name for r in runs if r.task == study['task']})
+    n_controls = len({r.name for r in runs}) - n_main
     print(f"\nResolution study: {n_main} schemes on {study['task']}, trained at {runs[0].config.img_size} px, "
-          f"{len(runs) - n_main} control runs; {(time.time() - started) / 60:.1f} min\n")
-    print(to_markdown(records))
+          f"{n_controls} control runs, {n_seeds} seeds each; {(time.time() - started) / 60:.1f} min\n")
+    print(summary_markdown(summarize(records)))
     print('wrote ' + ', '.join(paths.values()))
     return 0
 

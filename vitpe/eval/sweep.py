@@ -35,6 +35,7 @@ class Record:
     imgs_per_s: float
     peak_mem_mb: float
     device: str
+    seed: Optional[int] = None  # the training seed (the study's runs); None outside the study
 
 
 def check_resolutions(model, resolutions: Sequence[int]) -> None:
@@ -66,7 +67,7 @@ def materialize(dataset) -> tuple:
 def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Sequence[str] = ('none',),
           data: Optional[str] = None, samples: int = 512, batch_size: int = 64,
           device: torch.device = torch.device('cpu'), progress: bool = True,
-          labels: Optional[Sequence[str]] = None) -> List[Record]:
+          labels: Optional[Sequence[str]] = None, seeds: Optional[Sequence[int]] = None) -> List[Record]:
     """Evaluate every checkpoint at every resolution with no fine-tuning, under every strategy.
 
     ``strategies`` are names or combinations ('pi+logit') and may contain 'all' (every single strategy that
@@ -99,7 +100,8 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
         records.append(Record(checkpoint=path, label=label, model=ckpt['model_name'],
                               scheme=getattr(model.pos_enc, 'name', '?'), train_res=int(ckpt['img_size']), res=res,
                               strategy=strategy, acc=m['acc'], loss=m['loss'], n=m['n'],
-                              imgs_per_s=m['n'] / m['seconds'], peak_mem_mb=mem.mb, device=str(device)))
+                              imgs_per_s=m['n'] / m['seconds'], peak_mem_mb=mem.mb, device=str(device),
+                              seed=None if seeds is None else seeds[i]))
     return records
 
 
@@ -126,38 +128,49 @@ def to_markdown(records: Sequence[Record]) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def write_csv(records: Sequence[Record], path: str) -> None:
+def write_csv(records: Sequence, path: str) -> None:
+    """Records (or any dataclass rows, e.g. the summary's) as a CSV; None is written blank."""
     with open(path, 'w', newline='') as f:
         w = csv.DictWriter(f, fieldnames=list(asdict(records[0])))
         w.writeheader()
         for r in records:
-            w.writerow(asdict(r))
+            w.writerow({k: '' if v is None else v for k, v in asdict(r).items()})
 
 
 def plot(records: Sequence[Record], path: str, title: str = 'Accuracy against test resolution') -> None:
     """Accuracy against resolution: one colour per checkpoint, one line style per strategy; the
     training resolution of each line is a large marker and a dotted vertical line."""
+    lines = {key: (next(iter(by_res.values())).train_res, {x: (r.acc, None, None) for x, r in by_res.items()})
+             for key, by_res in _series(records).items()}
+    plot_lines(lines, path, title)
+
+
+def plot_lines(lines: Dict[tuple, tuple], path: str, title: str = 'Accuracy against test resolution') -> None:
+    """``lines``: (label, strategy) -> (train_res, {res: (value, low, high)}); where low and high are
+    given, a shaded band between them (the spread over seeds) is drawn around the line."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    series = _series(records)
-    labels = list(dict.fromkeys(label for label, _ in series))
-    strategies = list(dict.fromkeys(strategy for _, strategy in series))
+    labels = list(dict.fromkeys(label for label, _ in lines))
+    strategies = list(dict.fromkeys(strategy for _, strategy in lines))
     colours = plt.get_cmap('tab20')
     styles = ['-', '--', ':', '-.', (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2, 1, 2))]
     fig, ax = plt.subplots(figsize=(11, 6))
     train_sizes = set()
-    for (label, strategy), by_res in series.items():
+    for (label, strategy), (tr, by_res) in lines.items():
         xs = sorted(by_res)
         colour = colours(labels.index(label) % 20)
         style = styles[strategies.index(strategy) % len(styles)]
         name = label if strategy == 'none' else f'{label} [{strategy}]'
-        ax.plot(xs, [by_res[x].acc for x in xs], marker='o', markersize=3, color=colour, linestyle=style,
+        ax.plot(xs, [by_res[x][0] for x in xs], marker='o', markersize=3, color=colour, linestyle=style,
                 linewidth=2 if strategy == 'none' else 1.2, label=name)
-        tr = next(iter(by_res.values())).train_res
+        banded = [x for x in xs if by_res[x][1] is not None]
+        if banded:
+            ax.fill_between(banded, [by_res[x][1] for x in banded], [by_res[x][2] for x in banded], color=colour,
+                            alpha=0.15, linewidth=0)
         train_sizes.add(tr)
         if tr in by_res:
-            ax.plot([tr], [by_res[tr].acc], marker='o', markersize=7, color=colour)
+            ax.plot([tr], [by_res[tr][0]], marker='o', markersize=7, color=colour)
     for tr in train_sizes:
         ax.axvline(tr, color='gray', linestyle=':', linewidth=1)
         ax.annotate('training resolution', (tr, 0.01), xycoords=('data', 'axes fraction'), color='gray',

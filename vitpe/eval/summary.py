@@ -1,0 +1,92 @@
+"""The sweep over seeds: per-seed records in, one row per (label, strategy, resolution) out with the mean,
+the sample standard deviation (ddof=1; blank with one seed), the range and the number of seeds; as a CSV,
+a markdown table (cells ``mean ± std``) and a plot with a band (mean ± std) around each line."""
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+from .sweep import Record, plot_lines, write_csv
+
+
+@dataclass
+class SummaryRow:
+    """Accuracy over the seeds of one (label, strategy, resolution); ``std`` is None with one seed."""
+    label: str
+    scheme: str
+    strategy: str
+    train_res: int
+    res: int
+    mean: float
+    std: Optional[float]
+    min: float
+    max: float
+    n_seeds: int
+
+
+def summarize(records: Sequence[Record]) -> List[SummaryRow]:
+    """One row per (label, strategy, res), in the records' order; every record counts as one seed."""
+    groups: Dict[tuple, List[Record]] = {}
+    for r in records:
+        groups.setdefault((r.label, r.strategy, r.res), []).append(r)
+    rows = []
+    for (label, strategy, res), group in groups.items():
+        accs = [r.acc for r in group]
+        rows.append(SummaryRow(label=label, scheme=group[0].scheme, strategy=strategy, train_res=group[0].train_res,
+                               res=res, mean=statistics.fmean(accs),
+                               std=statistics.stdev(accs) if len(accs) > 1 else None,
+                               min=min(accs), max=max(accs), n_seeds=len(accs)))
+    return rows
+
+
+def _lines(rows: Sequence[SummaryRow]) -> Dict[tuple, tuple]:
+    """(label, strategy) -> (train_res, {res: row})."""
+    out: Dict[tuple, tuple] = {}
+    for row in rows:
+        out.setdefault((row.label, row.strategy), (row.train_res, {}))[1][row.res] = row
+    return out
+
+
+def _cell(row: Optional[SummaryRow]) -> str:
+    if row is None:
+        return ''
+    spread = '' if row.std is None else f' ± {row.std:.3f}'
+    return f"{row.mean:.3f}{spread}{'*' if row.res == row.train_res else ''}"
+
+
+def summary_markdown(rows: Sequence[SummaryRow]) -> str:
+    """Rows: label and strategy; columns: resolutions; cells: ``mean ± std`` over the seeds (* at the
+    training resolution); the seeds column gives the number of seeds (fewest over the row's cells)."""
+    resolutions = sorted({r.res for r in rows})
+    lines = ['| checkpoint | scheme | strategy | train | seeds | ' + ' | '.join(str(r) for r in resolutions) + ' |',
+             '|---|---|---|---|---|' + '---|' * len(resolutions)]
+    for (label, strategy), (train_res, by_res) in _lines(rows).items():
+        first = next(iter(by_res.values()))
+        seeds = min(r.n_seeds for r in by_res.values())
+        cells = [_cell(by_res.get(res)) for res in resolutions]
+        lines.append(f'| {label} | {first.scheme} | {strategy} | {train_res} | {seeds} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def plot_summary(rows: Sequence[SummaryRow], path: str, title: str = 'Accuracy against test resolution') -> None:
+    """The mean per line, with a band of mean ± std where there are several seeds."""
+    lines = {key: (tr, {res: (r.mean, None if r.std is None else r.mean - r.std,
+                              None if r.std is None else r.mean + r.std) for res, r in by_res.items()})
+             for key, (tr, by_res) in _lines(rows).items()}
+    plot_lines(lines, path, title + ' (mean ± std over seeds)')
+
+
+def write_summary(records: Sequence[Record], folder: str) -> Dict[str, str]:
+    """``results.csv`` (per seed), ``summary.csv``, ``results.md`` (the summary table) and ``resolution.png``."""
+    os.makedirs(folder, exist_ok=True)
+    paths = {name: os.path.join(folder, name) for name in ('results.csv', 'summary.csv', 'results.md',
+                                                           'resolution.png')}
+    rows = summarize(records)
+    write_csv(records, paths['results.csv'])
+    write_csv(rows, paths['summary.csv'])
+    with open(paths['results.md'], 'w') as f:
+        f.write(summary_markdown(rows))
+    plot_summary(rows, paths['resolution.png'])
+    return paths
