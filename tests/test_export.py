@@ -4,24 +4,15 @@ import os
 import sys
 
 import pytest
-import timm
 import torch
 
 import vitpe
+from helpers import micro
 from vitpe.deploy import ExportError, compile_recompiles, example_input, export_model, export_onnx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
 import export as export_tool  # noqa: E402
-
-
-def micro(scheme, **kw):
-    torch.manual_seed(0)
-    m = timm.create_model('vitpe_micro_patch16_64', pos_enc=scheme, num_classes=3, **kw).eval()
-    with torch.no_grad():
-        for p in m.pos_enc.parameters():
-            p.normal_(0, 0.1)
-    return m
 
 
 @pytest.mark.parametrize('scheme', vitpe.list_pos_encodings())

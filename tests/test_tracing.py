@@ -7,24 +7,16 @@ import torch
 from torchvision.models.feature_extraction import create_feature_extractor
 
 import vitpe
+from helpers import micro
 
 CASES = [(s, {}) for s in vitpe.list_pos_encodings()] + [('irpe', dict(on='qkv', method='cross')),
                                                           ('rope_axial', dict(ape=True))]
 
 
-def micro(scheme, options, **kw):
-    torch.manual_seed(0)
-    m = timm.create_model('vitpe_micro_patch16_64', pos_enc=scheme, pos_enc_args=options, num_classes=3, **kw).eval()
-    with torch.no_grad():
-        for p in m.pos_enc.parameters():
-            p.normal_(0, 0.1)
-    return m
-
-
 @pytest.mark.parametrize('scheme,options', CASES, ids=[f'{s}-{"-".join(o)}' for s, o in CASES])
 def test_create_feature_extractor_equals_eager(scheme, options):
     for img in ((64, 64), (48, 80)):  # the reference size, and a model built at another (non-square) size
-        m = micro(scheme, options, img_size=img)
+        m = micro(scheme, pos_enc_args=options, img_size=img)
         fx = create_feature_extractor(m, return_nodes={'blocks.1': 'b1', 'blocks.3': 'b3', 'head': 'logits'})
         x = torch.randn(2, 3, *img)
         with torch.no_grad():
@@ -61,7 +53,7 @@ def test_video_model_traces():
 
 
 def test_traced_models_keep_clear_errors():
-    fx = create_feature_extractor(micro('rope_axial', {}), return_nodes={'head': 'logits'})
+    fx = create_feature_extractor(micro('rope_axial'), return_nodes={'head': 'logits'})
     with pytest.raises(ValueError, match=r"FX-traced model takes inputs of size \(64, 64\).*got \(96, 64\)"):
         fx(torch.randn(1, 3, 96, 64))
     with pytest.raises(ValueError, match='expected 3 input channels, got 1'):
@@ -69,4 +61,4 @@ def test_traced_models_keep_clear_errors():
     with pytest.raises(ValueError, match=r'expected input of shape \(B, C, H, W\)'):
         fx(torch.randn(3, 64, 64))
     # eager is unchanged: any size the patch divides
-    assert micro('rope_axial', {})(torch.randn(1, 3, 96, 64)).shape == (1, 3)
+    assert micro('rope_axial')(torch.randn(1, 3, 96, 64)).shape == (1, 3)

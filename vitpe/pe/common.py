@@ -4,7 +4,7 @@ and depthwise convolutions on the grid. Every function takes the grid shape as a
 ((T,) H, W)."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -174,12 +174,12 @@ class LearnedTable(nn.Module):
 # --------------------------------------------------------------------------------------------- biases
 def grid_bias(rows: slice, grid, lead: Tuple[int, ...],
               add_patch_part: Callable[[int, torch.Tensor, torch.Tensor], None],
-              prefix_fill: Union[float, torch.Tensor] = 0., dtype=torch.float32, device=None,
+              prefix_fill: float = 0., dtype=torch.float32, device=None,
               keys_first: bool = False) -> torch.Tensor:
     """A (*lead, c, N) tensor over the query ``rows`` (a contiguous slice of the p + N_patch sequence, prefix
     first) and every key, for a quantity defined between patch tokens (an attention bias, bucket ids).
 
-    Pairs with a prefix token hold ``prefix_fill`` (a number, or a tensor broadcastable to (*lead, c, N)).
+    Pairs with a prefix token hold the number ``prefix_fill`` (0 for a bias, the prefix bucket for bucket ids).
     ``add_patch_part(skip, patch_rows, out)`` adds the patch-query x patch-key part into the zeroed view ``out``
     (*lead, c - skip, N_patch) in place and returns the result of its last in-place op (FX tracing needs it):
     ``skip`` is the number of prefix rows at the start of the chunk (so the caller's queries are
@@ -191,17 +191,13 @@ def grid_bias(rows: slice, grid, lead: Tuple[int, ...],
     c = stop - first
     skip = min(max(p - first, 0), c)
     shape = (*lead, n, c) if keys_first else (*lead, c, n)
-    if isinstance(prefix_fill, torch.Tensor):
-        out = torch.empty(shape, dtype=dtype, device=device)
-        out = out.copy_(prefix_fill.expand(shape))
-    else:
-        out = torch.full(shape, prefix_fill, dtype=dtype, device=device)
+    out = torch.full(shape, prefix_fill, dtype=dtype, device=device)
     if skip < c:
         patch_rows = torch.arange(first + skip - p, stop - p, device=device)
         rows_cols = (slice(skip, None), slice(p, None))
         index = (Ellipsis,) + (rows_cols[::-1] if keys_first else rows_cols)
         patch_part = out[index]
-        if isinstance(prefix_fill, torch.Tensor) or prefix_fill != 0:
+        if prefix_fill != 0:
             patch_part = patch_part.zero_()
         written = add_patch_part(skip, patch_rows, patch_part)
         if is_fx_symbolic_tracing():  # FX drops in-place writes whose result goes unused: assemble the parts
