@@ -91,7 +91,9 @@ def test_study_config_schemes_all_and_errors(tmp_path, tool):
     shipped_runs = study.plan_runs(shipped, 'x')
     assert shipped['schemes'] == 'all' and shipped['seeds'] == 3
     assert len(shipped_runs) == 3 * (len(vitpe.list_pos_encodings()) + 2)
-    assert shipped_runs[3].config.model == 'vitpe_micro_patch16_ape_64' and shipped_runs[3].config.model_kwargs == {}
+    ape = next(r for r in shipped_runs if r.scheme == 'ape')  # the first run of ape: seed 0, the zoo's micro model
+    assert ape.seed == 0 and ape.config.model == 'vitpe_micro_patch16_ape_64' and ape.config.model_kwargs == {}
+    assert {'alibi', 'fire', 'kerple', 'lookhere', 'xpos'} <= {r.scheme for r in shipped_runs}
     for text, message in [(TINY_STUDY + 'seed: 3\n', r"unknown keys \['seed'\], missing keys \[\]"),
                           (TINY_STUDY.replace('schemes: [none, ape]', 'schemes: [none, rope2d]'),
                            r"unknown: \['rope2d'\]"),
