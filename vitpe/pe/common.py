@@ -87,7 +87,7 @@ class GridPositions:
 
     def __init__(self, pe, shape: Tuple[int, ...], strategy: ResolutionStrategy, device):
         self.shape, self.device = tuple(shape), device
-        self.factor = pe.random_positions if (pe.training and pe.random_positions) else 0.
+        self.factor = pe.random_positions if pe.draws_positions else 0.
         self.extents = random_extents(shape, self.factor) if self.factor else self.shape
         self.scale = position_scale(pe.grid_size, self.shape, strategy)
         self.fixed = None if self.factor else pe.cached(
@@ -127,13 +127,19 @@ def sincos_embed(shape: Sequence[int], dim: int, temperature: float = 10000., de
     part = dim // rank
     if part % 2 or part * rank != dim:
         raise ValueError(f"sincos: dim={dim} must split into {rank} even parts (one per axis)")
-    coords = coord_grid(shape, device=device, scale=scale)
-    omega = 1. / temperature ** (torch.arange(part // 2, device=device, dtype=torch.float32) / (part / 2.))
+    return sincos_of(coord_grid(shape, device=device, scale=scale), dim, temperature)
+
+
+def sincos_of(coords: torch.Tensor, dim: int, temperature: float = 10000.) -> torch.Tensor:
+    """``sincos_embed`` of given coordinates (..., N, rank): (..., N, dim)."""
+    rank = coords.shape[-1]
+    part = dim // rank
+    omega = 1. / temperature ** (torch.arange(part // 2, device=coords.device, dtype=torch.float32) / (part / 2.))
     embs = []
     for a in reversed(range(rank)):
-        ang = coords[:, a:a + 1] * omega
+        ang = coords[..., a:a + 1] * omega
         embs += [ang.sin(), ang.cos()]
-    return torch.cat(embs, dim=1)
+    return torch.cat(embs, dim=-1)
 
 
 # --------------------------------------------------------------------------------------------- tables
