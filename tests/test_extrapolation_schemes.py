@@ -362,3 +362,16 @@ def test_drawn_positions_enter_rope_axial_as_the_formula():
     for b in range(3):
         rot = pe.with_prefix(rope_axial_angles(pos[b], pe.freqs), 1)
         torch.testing.assert_close(got[b], rotate_pairs(q[b], rot))
+
+
+def test_position_interpolation_scales_the_offsets():
+    """'pi' at a 4 x 6 grid (the training grid 4 x 4): column offsets times 4/6, as the distances ALiBi sees."""
+    pe = scheme('alibi')
+    grid = Grid((4, 6), 0)
+    strategy = vitpe.pe.ResolutionStrategy.parse('pi')
+    ctx = PosContext(pe, grid, pe.prepare(grid, strategy), strategy, device=torch.device('cpu'))
+    q = torch.zeros(1, 4, 24, 16)
+    got = pe.bias(q, q, ctx, 0)[0, 0]
+    rows, cols = torch.arange(24) // 6, (torch.arange(24) % 6) * 4 / 6
+    d = ((rows[:, None] - rows[None]) ** 2 + (cols[:, None] - cols[None]) ** 2).sqrt()
+    torch.testing.assert_close(got, -d / 4)
