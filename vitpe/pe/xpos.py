@@ -12,7 +12,7 @@ distance. Over a grid the key may lie on either side, and a decay zeta^(|n - m| 
 query part and a key part. So each head keeps the exact xPos factorisation with a direction per axis: head h
 uses s_{h,a} (n_a - m_a) on axis a, s_{h,a} = -1 where bit a of (h mod 2^rank) is set (the axes in coord_grid
 order, the last is the column), so heads decay towards keys before the query (s = +1: up / left) or after it
-(s = -1) on each axis, and grow mildly on the other side (by at most zeta_0^(-D / B): 1.04 over a 14-patch
+(s = -1) on each axis, and grow mildly on the other side (by at most zeta_0^(-D / B): 1.03 over a 14-patch
 axis, 1.17 over 64 patches, at the defaults). On a 1 x N grid a head with s = +1 is the paper's 1D xPos.
 
 Position strategies as the RoPE schemes ('pi', 'ntk', 'yarn'); randomised positions in training
