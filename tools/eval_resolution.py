@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Evaluate checkpoints at several resolutions with no fine-tuning; write results.csv, results.md and
-resolution.png.
+resolution.png (and with --diagnostics the attention entropy and distance per layer, diagnostics.png).
 
     python tools/eval_resolution.py --checkpoint runs/*/best.pth --resolutions 48 64 96 128 160 --output sweep/
     python tools/eval_resolution.py --checkpoint runs/rope/best.pth --resolutions 64 128 --strategy none pi ntk yarn pi+logit
+    python tools/eval_resolution.py --checkpoint runs/ape/best.pth --resolutions 64 320 --diagnostics
 """
 import argparse
 import sys
@@ -25,11 +26,13 @@ def main(argv=None):
     p.add_argument('--batch-size', type=int, default=64)
     p.add_argument('--output', default='sweep')
     p.add_argument('--labels', nargs='+', help='row names (default: the checkpoint folder names)')
+    p.add_argument('--diagnostics', action='store_true',
+                   help='also attention entropy and mean attention distance per layer (CSV columns, diagnostics.png)')
     args = p.parse_args(argv)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     try:
         records = sweep(args.checkpoint, args.resolutions, args.strategy, data=args.data, samples=args.samples,
-                        batch_size=args.batch_size, device=device, labels=args.labels)
+                        batch_size=args.batch_size, device=device, labels=args.labels, diagnostics=args.diagnostics)
     except (TrainingError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

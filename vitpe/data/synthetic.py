@@ -14,6 +14,7 @@ Every scene also yields boxes and masks of its shapes (``Scene.boxes``, ``render
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import List, Sequence, Tuple
 
@@ -210,9 +211,13 @@ class SyntheticShapes(Dataset):
     """``num_samples`` scenes of ``task`` rendered at ``img_size``, normalised with (MEAN, STD).
 
     Scenes depend only on (seed, index): the same index at another ``img_size`` is the same scene.
-    Train and test sets use different seeds (``split``). Rendered images are cached as uint8."""
+    Train and test sets use different seeds (``split``). Rendered images are cached as uint8, shared by every
+    dataset of the same (task, size, split, seed) in the process (the study trains many schemes on the same
+    scenes: each is rendered once); the ``SHARED_CACHES`` most recently used sets are kept."""
 
     SPLIT_SEEDS = {'train': 0, 'val': 10_000_000, 'test': 20_000_000}
+    SHARED_CACHES = 8
+    _shared: 'OrderedDict[tuple, dict]' = OrderedDict()
 
     def __init__(self, task: str = 'position', img_size=64, num_samples: int = 1000, split: str = 'train',
                  seed: int = 0, cache: bool = True):
@@ -225,9 +230,17 @@ class SyntheticShapes(Dataset):
         self.num_samples = num_samples
         self.base_seed = self.SPLIT_SEEDS[split] + seed * 1_000_003
         self.classes = list(TASKS[task])
-        self._cache = {} if cache else None
+        self._cache = self._shared_cache((task, self.img_size, self.base_seed)) if cache else None
         self._mean = torch.tensor(MEAN)[:, None, None]
         self._std = torch.tensor(STD)[:, None, None]
+
+    @classmethod
+    def _shared_cache(cls, key: tuple) -> dict:
+        cache = cls._shared.pop(key, None)
+        cls._shared[key] = {} if cache is None else cache
+        while len(cls._shared) > cls.SHARED_CACHES:
+            cls._shared.popitem(last=False)
+        return cls._shared[key]
 
     def __len__(self):
         return self.num_samples

@@ -8,7 +8,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from .sweep import Record, plot_lines, write_csv
+from .diagnostics import DIAGNOSTICS, DIAGNOSTICS_HEADER
+from .sweep import Record, plot_lines, plot_panels, write_csv
 
 
 @dataclass
@@ -24,6 +25,10 @@ class SummaryRow:
     min: float
     max: float
     n_seeds: int
+    # mean over the layers, then over the seeds (None without diagnostics): see vitpe.eval.diagnostics
+    entropy_norm: Optional[float] = None
+    entropy: Optional[float] = None
+    distance: Optional[float] = None
 
 
 def summarize(records: Sequence[Record]) -> List[SummaryRow]:
@@ -37,8 +42,16 @@ def summarize(records: Sequence[Record]) -> List[SummaryRow]:
         rows.append(SummaryRow(label=label, scheme=group[0].scheme, strategy=strategy, train_res=group[0].train_res,
                                res=res, mean=statistics.fmean(accs),
                                std=statistics.stdev(accs) if len(accs) > 1 else None,
-                               min=min(accs), max=max(accs), n_seeds=len(accs)))
+                               min=min(accs), max=max(accs), n_seeds=len(accs),
+                               **{k: _mean_diagnostic(group, k) for k in DIAGNOSTICS}))
     return rows
+
+
+def _mean_diagnostic(group: Sequence[Record], name: str) -> Optional[float]:
+    """The mean over layers and then over the seeds' records; None if a record has no diagnostics."""
+    if any(r.diagnostics is None for r in group):
+        return None
+    return statistics.fmean(statistics.fmean(r.diagnostics[name]) for r in group)
 
 
 def _lines(rows: Sequence[SummaryRow]) -> Dict[tuple, tuple]:
@@ -78,15 +91,36 @@ def plot_summary(rows: Sequence[SummaryRow], path: str, title: str = 'Accuracy a
     plot_lines(lines, path, title + ' (mean ± std over seeds)')
 
 
+def plot_diagnostics(rows: Sequence[SummaryRow], path: str) -> None:
+    """Normalised attention entropy and mean attention distance (means over layers and seeds) against the
+    test resolution, one panel each."""
+    quantities = {'attention entropy / log N (mean over layers)': 'entropy_norm',
+                  'mean attention distance, patches (mean over layers)': 'distance'}
+    panels = {ylabel: {key: (tr, {res: (getattr(r, name), None, None) for res, r in by_res.items()})
+                       for key, (tr, by_res) in _lines(rows).items()}
+              for ylabel, name in quantities.items()}
+    plot_panels(panels, path, 'Attention diagnostics against test resolution')
+
+
+SUMMARY_HEADER = """a run is one (label, task, seed); label = the model entry's scheme suffix (irpe and irpe_ape differ), with -<task> for control runs
+mean: mean accuracy over the seeds; std: sample standard deviation over the seeds (ddof=1, blank with one seed); min, max: their range
+per-seed values: results.csv; a rerun reproduces a cell when its mean lies within 2 std of the reported mean
+entropy_norm, entropy, distance: attention diagnostics, mean over layers then over seeds (see results.csv for the per-layer values)"""
+
+
 def write_summary(records: Sequence[Record], folder: str) -> Dict[str, str]:
-    """``results.csv`` (per seed), ``summary.csv``, ``results.md`` (the summary table) and ``resolution.png``."""
+    """``results.csv`` (per seed), ``summary.csv``, ``results.md`` (the summary table), ``resolution.png``
+    and, when the records have diagnostics, ``diagnostics.png``."""
     os.makedirs(folder, exist_ok=True)
-    paths = {name: os.path.join(folder, name) for name in ('results.csv', 'summary.csv', 'results.md',
-                                                           'resolution.png')}
+    names = ('results.csv', 'summary.csv', 'results.md', 'resolution.png')
+    has_diagnostics = all(r.diagnostics is not None for r in records)
+    paths = {name: os.path.join(folder, name) for name in names + (('diagnostics.png',) if has_diagnostics else ())}
     rows = summarize(records)
-    write_csv(records, paths['results.csv'])
-    write_csv(rows, paths['summary.csv'])
+    write_csv(records, paths['results.csv'], header=DIAGNOSTICS_HEADER if has_diagnostics else None)
+    write_csv(rows, paths['summary.csv'], header=SUMMARY_HEADER)
     with open(paths['results.md'], 'w') as f:
         f.write(summary_markdown(rows))
     plot_summary(rows, paths['resolution.png'])
+    if has_diagnostics:
+        plot_diagnostics(rows, paths['diagnostics.png'])
     return paths

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from ..checkpoint import load_model
 from ..data import build_dataset
 from ..memory import PeakMemory
+from .diagnostics import DIAGNOSTICS_HEADER
 from .loop import evaluate, tensor_batches
 from ..pe.strategy import ResolutionStrategy
 from .strategies import applicable_strategies
@@ -36,6 +37,9 @@ class Record:
     peak_mem_mb: float
     device: str
     seed: Optional[int] = None  # the training seed (the study's runs); None outside the study
+    # with ``sweep(diagnostics=True)``: {'entropy' | 'entropy_norm' | 'distance': [value per layer]}
+    # (vitpe.eval.diagnostics), written to the CSV as columns <name>_l<layer> and <name>_mean
+    diagnostics: Optional[Dict[str, List[float]]] = None
 
 
 def check_resolutions(model, resolutions: Sequence[int]) -> None:
@@ -67,7 +71,8 @@ def materialize(dataset) -> tuple:
 def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Sequence[str] = ('none',),
           data: Optional[str] = None, samples: int = 512, batch_size: int = 64,
           device: torch.device = torch.device('cpu'), progress: bool = True,
-          labels: Optional[Sequence[str]] = None, seeds: Optional[Sequence[int]] = None) -> List[Record]:
+          labels: Optional[Sequence[str]] = None, seeds: Optional[Sequence[int]] = None,
+          diagnostics: bool = False, diagnostic_samples: int = 256) -> List[Record]:
     """Evaluate every checkpoint at every resolution with no fine-tuning, under every strategy.
 
     ``strategies`` are names or combinations ('pi+logit') and may contain 'all' (every single strategy that
@@ -96,12 +101,16 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
         images, targets = cache[key]
         with PeakMemory(device) as mem:
             m = evaluate(model, tensor_batches(images, targets, batch_size), device, strategy=strategy)
+        if diagnostics:
+            part = slice(0, diagnostic_samples)
+            m['diagnostics'] = evaluate(model, tensor_batches(images[part], targets[part], batch_size), device,
+                                        strategy=strategy, diagnostics=True)['diagnostics']
         label = labels[i] if labels else os.path.basename(os.path.dirname(os.path.abspath(path)))
         records.append(Record(checkpoint=path, label=label, model=ckpt['model_name'],
                               scheme=getattr(model.pos_enc, 'name', '?'), train_res=int(ckpt['img_size']), res=res,
                               strategy=strategy, acc=m['acc'], loss=m['loss'], n=m['n'],
                               imgs_per_s=m['n'] / m['seconds'], peak_mem_mb=mem.mb, device=str(device),
-                              seed=None if seeds is None else seeds[i]))
+                              seed=None if seeds is None else seeds[i], diagnostics=m.get('diagnostics')))
     return records
 
 
@@ -128,13 +137,31 @@ def to_markdown(records: Sequence[Record]) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def write_csv(records: Sequence, path: str) -> None:
-    """Records (or any dataclass rows, e.g. the summary's) as a CSV; None is written blank."""
+def flat_row(row) -> Dict[str, object]:
+    """A dataclass row as CSV cells: None blank; a dict of per-layer lists (``Record.diagnostics``) as
+    columns <name>_l0, <name>_l1, ... and <name>_mean."""
+    out: Dict[str, object] = {}
+    for k, v in asdict(row).items():
+        if isinstance(v, dict):
+            for name, per_layer in v.items():
+                out.update({f'{name}_l{i}': x for i, x in enumerate(per_layer)})
+                out[f'{name}_mean'] = sum(per_layer) / len(per_layer)
+        elif k != 'diagnostics':  # no diagnostics: no columns
+            out[k] = '' if v is None else v
+    return out
+
+
+def write_csv(records: Sequence, path: str, header: Optional[str] = None) -> None:
+    """Records (or any dataclass rows, e.g. the summary's) as a CSV; None is written blank; ``header``: lines
+    written first as ``# `` comments (definitions of the columns)."""
+    rows = [flat_row(r) for r in records]
+    fields = list(dict.fromkeys(k for row in rows for k in row))
     with open(path, 'w', newline='') as f:
-        w = csv.DictWriter(f, fieldnames=list(asdict(records[0])))
+        for line in (header or '').splitlines():
+            f.write(f'# {line}\n')
+        w = csv.DictWriter(f, fieldnames=fields, restval='')
         w.writeheader()
-        for r in records:
-            w.writerow({k: '' if v is None else v for k, v in asdict(r).items()})
+        w.writerows(rows)
 
 
 def plot(records: Sequence[Record], path: str, title: str = 'Accuracy against test resolution') -> None:
@@ -148,49 +175,71 @@ def plot(records: Sequence[Record], path: str, title: str = 'Accuracy against te
 def plot_lines(lines: Dict[tuple, tuple], path: str, title: str = 'Accuracy against test resolution') -> None:
     """``lines``: (label, strategy) -> (train_res, {res: (value, low, high)}); where low and high are
     given, a shaded band between them (the spread over seeds) is drawn around the line."""
+    plot_panels({'accuracy': lines}, path, title)
+
+
+def plot_panels(panels: Dict[str, Dict[tuple, tuple]], path: str, title: str) -> None:
+    """One panel per y quantity (``panels``: y label -> ``lines`` as in ``plot_lines``) against the test
+    resolution, side by side, with one legend: one colour per checkpoint, one line style per strategy; the
+    training resolution of each line is a large marker and a dotted vertical line."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    labels = list(dict.fromkeys(label for label, _ in lines))
-    strategies = list(dict.fromkeys(strategy for _, strategy in lines))
+    keys = list(dict.fromkeys(key for lines in panels.values() for key in lines))
+    labels = list(dict.fromkeys(label for label, _ in keys))
+    strategies = list(dict.fromkeys(strategy for _, strategy in keys))
     colours = plt.get_cmap('tab20')
     styles = ['-', '--', ':', '-.', (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2, 1, 2))]
-    fig, ax = plt.subplots(figsize=(11, 6))
-    train_sizes = set()
-    for (label, strategy), (tr, by_res) in lines.items():
-        xs = sorted(by_res)
-        colour = colours(labels.index(label) % 20)
-        style = styles[strategies.index(strategy) % len(styles)]
-        name = label if strategy == 'none' else f'{label} [{strategy}]'
-        ax.plot(xs, [by_res[x][0] for x in xs], marker='o', markersize=3, color=colour, linestyle=style,
-                linewidth=2 if strategy == 'none' else 1.2, label=name)
-        banded = [x for x in xs if by_res[x][1] is not None]
-        if banded:
-            ax.fill_between(banded, [by_res[x][1] for x in banded], [by_res[x][2] for x in banded], color=colour,
-                            alpha=0.15, linewidth=0)
-        train_sizes.add(tr)
-        if tr in by_res:
-            ax.plot([tr], [by_res[tr][0]], marker='o', markersize=7, color=colour)
-    for tr in train_sizes:
-        ax.axvline(tr, color='gray', linestyle=':', linewidth=1)
-        ax.annotate('training resolution', (tr, 0.01), xycoords=('data', 'axes fraction'), color='gray',
-                    fontsize=8, xytext=(3, 0), textcoords='offset points')
-    ax.set_xlabel('test resolution (pixels)')
-    ax.set_ylabel('accuracy')
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc='center left', bbox_to_anchor=(1.01, 0.5))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 + 6 * len(panels), 6), squeeze=False)
+    for ax, (ylabel, lines) in zip(axes[0], panels.items()):
+        train_sizes = set()
+        for (label, strategy), (tr, by_res) in lines.items():
+            xs = sorted(by_res)
+            colour = colours(labels.index(label) % 20)
+            style = styles[strategies.index(strategy) % len(styles)]
+            name = label if strategy == 'none' else f'{label} [{strategy}]'
+            ax.plot(xs, [by_res[x][0] for x in xs], marker='o', markersize=3, color=colour, linestyle=style,
+                    linewidth=2 if strategy == 'none' else 1.2, label=name)
+            banded = [x for x in xs if by_res[x][1] is not None]
+            if banded:
+                ax.fill_between(banded, [by_res[x][1] for x in banded], [by_res[x][2] for x in banded],
+                                color=colour, alpha=0.15, linewidth=0)
+            train_sizes.add(tr)
+            if tr in by_res:
+                ax.plot([tr], [by_res[tr][0]], marker='o', markersize=7, color=colour)
+        for tr in train_sizes:
+            ax.axvline(tr, color='gray', linestyle=':', linewidth=1)
+            ax.annotate('training resolution', (tr, 0.01), xycoords=('data', 'axes fraction'), color='gray',
+                        fontsize=8, xytext=(3, 0), textcoords='offset points')
+        ax.set_xlabel('test resolution (pixels)')
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    axes[0][-1].legend(handles, names, fontsize=7, loc='center left', bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def write_results(records: Sequence[Record], folder: str) -> Dict[str, str]:
+    """``results.csv``, ``results.md``, ``resolution.png``, and ``diagnostics.png`` when the records have
+    diagnostics."""
+    from .summary import plot_diagnostics, summarize  # summary builds on this module
     os.makedirs(folder, exist_ok=True)
     paths = {'csv': os.path.join(folder, 'results.csv'), 'md': os.path.join(folder, 'results.md'),
              'png': os.path.join(folder, 'resolution.png')}
-    write_csv(records, paths['csv'])
+    write_csv(records, paths['csv'], header=DIAGNOSTICS_HEADER if records[0].diagnostics else None)
     with open(paths['md'], 'w') as f:
         f.write(to_markdown(records))
     plot(records, paths['png'])
+    if records[0].diagnostics:
+        paths['diagnostics'] = os.path.join(folder, 'diagnostics.png')
+        plot_diagnostics(summarize(records), paths['diagnostics'])
     return paths
+
+
+def read_csv(path: str) -> List[Dict[str, str]]:
+    """The rows of a CSV written by ``write_csv`` (its ``# `` header lines skipped)."""
+    with open(path, newline='') as f:
+        return list(csv.DictReader(line for line in f if not line.startswith('#')))

@@ -1,6 +1,8 @@
 """The one multi-head self-attention of vitpe: qkv -> scheme hooks -> SDPA -> scheme value hook."""
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +24,9 @@ class Attention(nn.Module):
     torch.compile / torch.export, whose graph cannot branch on symbolic sizes: there the bias is whole).
     """
     bias_budget_mb: float = 16.
+    # ``observer(attn, ctx, layer, rows)``: called with the probabilities of every row chunk when set
+    # (``vitpe.eval.diagnostics.AttentionProbe``); they are then computed explicitly, chunk by chunk
+    observer: Optional[Callable] = None
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_norm: bool = False,
                  attn_drop: float = 0., proj_drop: float = 0., norm_layer=nn.LayerNorm):
@@ -42,7 +47,7 @@ class Attention(nn.Module):
         return max(1, min(n, int(self.bias_budget_mb * 2 ** 20 // per_row)))
 
     def path_for(self, pe, batch: int, n: int, elem_size: int = 4) -> str:
-        if not pe.uses('bias') and not pe.needs_attn_probs:
+        if not pe.uses('bias') and not pe.needs_attn_probs and self.observer is None:
             return 'fused'
         if torch.compiler.is_compiling():  # sizes may be symbolic: one full bias (a graph does not branch on them)
             return 'bias'
@@ -58,11 +63,14 @@ class Attention(nn.Module):
         attn = None
         # explicit probabilities when the value hook needs them, and for a bias under ONNX export (its
         # decomposition of SDPA with a mask fails on symbolic sizes)
-        if pe.needs_attn_probs or (bias is not None and torch.onnx.is_in_onnx_export()):
+        explicit = pe.needs_attn_probs or self.observer is not None
+        if explicit or (bias is not None and torch.onnx.is_in_onnx_export()):
             logits = (q * scale) @ k.transpose(-2, -1)
             if bias is not None:
                 logits = logits + bias
             attn = self.attn_drop(logits.softmax(dim=-1))
+            if self.observer is not None:
+                self.observer(attn, ctx, layer, rows)
             out = attn @ v
         else:
             out = F.scaled_dot_product_attention(

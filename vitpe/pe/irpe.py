@@ -119,7 +119,7 @@ class IRPE(PositionalEncoding):
     """
     name = 'irpe'
     hooks = frozenset({'tokens', 'bias', 'value'})
-    zoo = (ZooEntry('irpe'), ZooEntry('irpe_ape', dict(ape=True), ('tiny', 'small', 'base')))
+    zoo = (ZooEntry('irpe'), ZooEntry('irpe_ape', dict(ape=True)))
     # grids up to this many tokens keep their patch bucket ids cached; larger ones look up the ids of each
     # row chunk on the fly, so memory stays O(chunk x N)
     cache_tokens: int = 1024
