@@ -88,8 +88,8 @@ class TrainConfig:
                               "another process where there are several (timm's RepeatAugSampler; DeiT: 3; 0: off)")
     # -- optimisation
     drop_path: float = option(0.0, 'stochastic depth rate of the last block (timm drop_path_rate)')
-    layer_decay: Optional[float] = option(None, 'layer-wise learning-rate decay (timm): block i of L gets '
-                                          'lr * layer_decay ** (L + 1 - (i + 1))')
+    layer_decay: Optional[float] = option(None, 'layer-wise learning-rate decay (timm): block i (from 0) of L '
+                                          'gets lr * layer_decay ** (L - i), the stem ** (L + 1), the head lr')
     grad_accum_steps: int = option(1, 'micro-batches per update (batch_size stays the global batch per update)')
     warmup_epochs: Optional[float] = option(None, 'warm-up in epochs (replaces --warmup-steps)')
     lr_base: Optional[float] = option(None, 'learning rate per --lr-base-size images: when set, '

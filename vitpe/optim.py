@@ -25,8 +25,9 @@ def warmup_updates(cfg, steps_per_epoch: int) -> int:
 
 
 def create_optimizer(model: torch.nn.Module, cfg):
-    """timm's optimizer; with ``layer_decay`` each group carries timm's ``lr_scale`` (stem 0, block i at layer i + 1,
-    the final norm and head at the last layer L + 1, scale ``layer_decay ** (L + 1 - layer)``)."""
+    """timm's optimizer; with ``layer_decay`` each group carries timm's ``lr_scale`` ``layer_decay ** (L + 1 - layer)``
+    (layers from the model's ``group_matcher``: the stem 0, block i i + 1, the final norm with the last block,
+    the head L + 1; as timm's ViT)."""
     return create_optimizer_v2(model, opt=cfg.opt, lr=peak_lr(cfg), weight_decay=cfg.weight_decay,
                                layer_decay=cfg.layer_decay)
 
