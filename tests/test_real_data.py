@@ -259,3 +259,23 @@ def test_pretrained_without_a_file_says_nothing_is_downloaded(imagenet_like, tmp
 def test_a_flat_folder_evaluates_whole_as_a_test_set(flat):
     ds = build_dataset(flat, 32, 'test', 5, seed=0)
     assert len(ds) == 5 and len({ds.dataset.targets[i] for i in ds.indices}) > 1  # a random subset, not class 0
+
+
+# ---------------------------------------------------------------------------------------------- resolution sweep
+def test_sweep_on_a_real_validation_folder_uses_the_checkpoints_transform(imagenet_like, tmp_path, tool):
+    from vitpe.eval import sweep
+    summary = train(cfg(tmp_path / 'run', imagenet_like, crop_pct=1.0, interpolation='bilinear', epochs=1))
+    best = str(tmp_path / 'run' / 'best.pth')
+    crop = sweep([best], [32, 48], protocol='crop', progress=False)
+    resize = sweep([best], [32, 48], protocol='resize', progress=False)
+    assert [(r.res, r.n, r.protocol) for r in crop] == [(32, 9, 'crop'), (48, 9, 'crop')]  # the 9 val/ images
+    # at the training size, 'crop' is training's own validation (the checkpoint's crop_pct 1.0, bilinear)
+    assert crop[0].acc == summary['val_acc'] and crop[0].loss == pytest.approx(summary['val_loss'], rel=1e-5)
+    assert resize[0].loss != pytest.approx(crop[0].loss)  # 48 x 40 images: squeezed, not cropped
+    with pytest.raises(ValueError, match="unknown evaluation protocol 'fit'"):
+        sweep([best], [32], protocol='fit', progress=False)
+    out = tmp_path / 'sweep'
+    assert tool('eval_resolution').main(['--checkpoint', best, '--resolutions', '32', '--protocol', 'crop', 'resize',
+                                         '--output', str(out)]) == 0
+    table = open(out / 'results.md').read()
+    assert '| run (crop) |' in table and '| run (resize) |' in table

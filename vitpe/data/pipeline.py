@@ -175,3 +175,29 @@ def build_loaders(cfg, rank: int, world: int, model_name: Optional[str]) -> Dict
                          f"({cfg.batch_size})")
     return dict(classes=list(train_set.classes), train_loader=train_loader, val_loader=val_loader,
                 sampler=sampler, steps_per_epoch=steps)
+
+
+def eval_spec(ckpt: Dict[str, Any], protocol: str = 'crop', explicit: bool = False) -> tuple:
+    """How a checkpoint is evaluated on an image folder, as a hashable tuple for ``eval_dataset``: the protocol, its
+    training config's crop_pct and interpolation (else its model's), its classes, and where the images come from
+    (``explicit``: a folder the user names, its val/ or all of it; else the training data's validation split)."""
+    if protocol not in EVAL_PROTOCOLS:
+        raise ValueError(f"unknown evaluation protocol {protocol!r}; expected one of {list(EVAL_PROTOCOLS)}")
+    config = ckpt.get('config') or {}
+    model = model_data_config(ckpt.get('model_name'))
+    split = ('test', 0.0, 0) if explicit else ('val', config.get('val_fraction', 0.0), config.get('split_seed', 0))
+    classes = tuple(ckpt['classes']) if ckpt.get('classes') else None
+    return (protocol, config.get('crop_pct') or model['crop_pct'], config.get('interpolation') or model['interpolation'],
+            tuple(model['mean']), tuple(model['std']), classes) + split
+
+
+def eval_dataset(spec: str, size: int, samples: Optional[int], how: tuple) -> Dataset:
+    """The evaluation images of ``spec`` at ``size`` as ``eval_spec`` describes (built-in scenes: the test split)."""
+    from . import build_dataset
+    if spec.startswith('synthetic'):
+        return build_dataset(spec, size, 'test', samples)
+    protocol, crop_pct, interpolation, mean, std, classes, split, val_fraction, split_seed = how
+    transform = eval_transform(size, crop_pct, interpolation, protocol, mean, std)
+    options = dict(classes=classes) if split == 'test' else dict(classes=classes, val_fraction=val_fraction,
+                                                                  split_seed=split_seed)
+    return build_dataset(spec, size, split, samples, transform=transform, **options)
