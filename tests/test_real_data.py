@@ -279,3 +279,29 @@ def test_sweep_on_a_real_validation_folder_uses_the_checkpoints_transform(imagen
                                          '--output', str(out)]) == 0
     table = open(out / 'results.md').read()
     assert '| run (crop) |' in table and '| run (resize) |' in table
+
+
+def test_two_processes_with_accumulation_train_as_one(tmp_path):
+    """torchrun with 2 processes x 2 micro-batches (DDP syncs the last one only) = 1 process, 1 batch of 16."""
+    import json
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS='1')
+
+    def args(out, *extra):
+        return [os.path.join(root, 'tools', 'train.py'), '--model', 'vitpe_micro_patch16_64', '--model-kwargs',
+                json.dumps({'depth': 2}), '--img-size', '32', '--train-samples', '64', '--val-samples', '16',
+                '--batch-size', '16', '--epochs', '1', '--warmup-steps', '2', '--output', str(out), '--quiet', *extra]
+    one = subprocess.run([sys.executable, *args(tmp_path / 'one')], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                          *args(tmp_path / 'two', '--grad-accum-steps', '2')], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = load_checkpoint(str(tmp_path / 'one' / 'last.pth')), load_checkpoint(str(tmp_path / 'two' / 'last.pth'))
+    assert a['num_updates'] == b['num_updates'] == 4
+    for k in a['model']:
+        torch.testing.assert_close(b['model'][k], a['model'][k], atol=1e-5, rtol=1e-4, msg=k)
