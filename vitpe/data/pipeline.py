@@ -4,7 +4,8 @@
   ``--color-jitter``, ``--reprob``, ``--scale``, ``--ratio``, ``--hflip``, ``--train-interpolation``).
   DeiT-III's 3-Augment is timm's ``--aa 3a``: one of grayscale, solarization (threshold 128) or a Gaussian blur of
   radius U(0.1, 2) per image, then the colour jitter (Touvron et al. 2022, Sec. 3; their ``augment.py``).
-  RandAugment over the same three operations (``--aa rand-...-t3a`` style strings) only approximates it.
+  RandAugment over timm's ``3a`` operation set (``--aa rand-m9-n1-t3a``) only approximates it (each op applied with
+  probability 0.5, strengths set by the magnitude).
 * Evaluation transforms: two protocols at any size ``s`` (``EVAL_PROTOCOLS``):
   ``crop`` resizes the shorter side to ``s / crop_pct`` and takes the centre ``s x s`` crop (DeiT, timm);
   ``resize`` resizes the whole image to ``s x s`` (aspect not kept, nothing cut off).
