@@ -305,3 +305,23 @@ def test_two_processes_with_accumulation_train_as_one(tmp_path):
     assert a['num_updates'] == b['num_updates'] == 4
     for k in a['model']:
         torch.testing.assert_close(b['model'][k], a['model'][k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_unreadable_images_are_skipped_and_counted_in_training(tmp_path):
+    write_images(tmp_path / 'data' / 'train', 3, seed=4)
+    write_images(tmp_path / 'data' / 'val', 2, seed=5)
+    (tmp_path / 'data' / 'train' / 'cat' / 'broken.png').write_bytes(b'not an image')
+    c = cfg(tmp_path / 'run', str(tmp_path / 'data'), batch_size=10, aa='3a')  # one batch: every file
+    loaders = build_loaders(c, 0, 1, None)
+    with pytest.warns(UserWarning, match='skipping unreadable image .*broken.png'):
+        seen = sum(len(b[1]) for b in loaders['train_loader'] if b is not None)
+    assert loaders['train_loader'].dataset.num_corrupt == 1 and seen == 9
+    with pytest.warns(UserWarning, match='skipping unreadable image'):
+        assert train(c)['epoch'] == 1
+
+
+def test_a_file_that_holds_no_weights_is_refused_by_name(imagenet_like, tmp_path):
+    (tmp_path / 'notes.pth').write_text('hello')
+    for how in (dict(pretrained_path=str(tmp_path / 'notes.pth')), dict(initial_checkpoint=str(tmp_path / 'notes.pth'))):
+        with pytest.raises(CheckpointError, match='could not be read as a torch file'):
+            prepare(cfg(tmp_path, imagenet_like, model='vit_tiny_patch16_224', **how), 0, 1, torch.device('cpu'))

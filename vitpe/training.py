@@ -32,8 +32,8 @@ from timm.data import Mixup
 from timm.utils import ModelEmaV3
 
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
-from .checkpoint import (create_model, is_training_checkpoint, load_checkpoint, pretrained_file, rng_state,
-                         save_checkpoints, set_rng_state)
+from .checkpoint import (create_model, is_training_checkpoint, load_checkpoint, pretrained_file, read_weights_file,
+                         rng_state, save_checkpoints, set_rng_state)
 from .config import TrainConfig, parse_config
 from .data.pipeline import build_loaders
 from .errors import CheckpointError, TrainingError
@@ -141,6 +141,7 @@ def create_pretrained(run: Run, weights: str, kwargs: Dict[str, Any]) -> torch.n
     the authors' checkpoints to its scheme, ``vitpe.models.convert``)."""
     kwargs = dict(kwargs)
     kwargs.setdefault('img_size', run.cfg.img_size)
+    read_weights_file(weights, header_only=True)  # a clear CheckpointError for a file that is not weights
     try:
         return timm.create_model(run.model_name, pretrained=True, pretrained_cfg_overlay=dict(file=weights),
                                  num_classes=len(run.classes), **kwargs)
