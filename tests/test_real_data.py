@@ -325,3 +325,28 @@ def test_a_file_that_holds_no_weights_is_refused_by_name(imagenet_like, tmp_path
     for how in (dict(pretrained_path=str(tmp_path / 'notes.pth')), dict(initial_checkpoint=str(tmp_path / 'notes.pth'))):
         with pytest.raises(CheckpointError, match='could not be read as a torch file'):
             prepare(cfg(tmp_path, imagenet_like, model='vit_tiny_patch16_224', **how), 0, 1, torch.device('cpu'))
+
+
+def test_sample_caps_draw_random_subsets_of_a_folder(imagenet_like, tmp_path):
+    loaders = build_loaders(cfg(tmp_path, imagenet_like, train_samples=12, val_samples=5), 0, 1, None)
+    train_set, val_set = loaders['train_loader'].dataset, loaders['val_loader'].dataset
+    assert len(train_set) == 12 and len(val_set) == 5
+    assert len({train_set.dataset.targets[i] for i in train_set.indices}) == 3  # not the first class only
+
+
+def test_bce_loss_channels_last_and_train_interpolation(imagenet_like, tmp_path):
+    import torch.nn.functional as F
+    c = cfg(tmp_path, imagenet_like, bce_loss=True, bce_target_thresh=0.0, mixup=0.8, channels_last=True,
+            train_interpolation='bicubic')
+    run = prepare(c, 0, 1, torch.device('cpu'))
+    logits = torch.randn(4, 3)
+    mixed = torch.tensor([[0.7, 0.3, 0.0], [0.0, 1.0, 0.0], [0.2, 0.0, 0.8], [0.0, 0.0, 1.0]])
+    # DeiT-III's engine.py: targets above 0 become 1, then BCE with logits over the classes
+    expected = F.binary_cross_entropy_with_logits(logits, (mixed > 0).float())
+    torch.testing.assert_close(run.criterion(logits, mixed), expected)
+    kernel = run.unwrapped.patch_embed.proj.weight
+    assert kernel.is_contiguous(memory_format=torch.channels_last) and not kernel.is_contiguous()
+    assert train_step(run, [next(iter(run.train_loader))], 0, 0, []) > 0
+    assert run.train_loader.dataset.transform.transforms[0].interpolation.value == 'bicubic'
+    default = train_transform(TrainConfig(data='folder'), 32, dict(mean=(0,) * 3, std=(1,) * 3))
+    assert default.transforms[0].interpolation.value == 'bilinear'

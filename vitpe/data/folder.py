@@ -87,9 +87,14 @@ def build_dataset(spec: str, img_size, split: str, num_samples: Optional[int] = 
         ds = RobustImageFolder(val if os.path.isdir(val) else spec, transform, classes=split_options.get('classes'))
     else:
         ds = folder_split(spec, split, transform, **split_options)
-    if num_samples and num_samples < len(ds):
-        keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:num_samples]
-        classes = ds.classes
-        ds = torch.utils.data.Subset(ds, sorted(keep.tolist()))
-        ds.classes = classes
-    return ds
+    return random_subset(ds, num_samples, seed)
+
+
+def random_subset(ds: Dataset, n: Optional[int], seed: int = 0) -> Dataset:
+    """``n`` samples of ``ds`` drawn with ``seed`` (in index order; all of it when ``n`` is None or too large)."""
+    if not n or n >= len(ds):
+        return ds
+    keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
+    sub = torch.utils.data.Subset(ds, sorted(keep.tolist()))
+    sub.classes = ds.classes
+    return sub

@@ -25,7 +25,7 @@ from timm.data.distributed_sampler import RepeatAugSampler
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
-from .folder import RobustImageFolder, collate_skip_none
+from .folder import RobustImageFolder, build_dataset, collate_skip_none, random_subset
 
 EVAL_PROTOCOLS = {
     'crop': 'resize the shorter side to size / crop_pct, then take the centre size x size crop (DeiT, timm)',
@@ -145,7 +145,6 @@ def check_folder_options(cfg) -> None:
 def build_loaders(cfg, rank: int, world: int, model_name: Optional[str]) -> Dict[str, Any]:
     """Datasets, samplers and loaders: each process loads batch_size / (world * grad_accum_steps) samples per
     step; ``steps_per_epoch`` counts updates."""
-    from . import build_dataset
     per_step = world * cfg.grad_accum_steps
     if cfg.batch_size % per_step:
         raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes x "
@@ -161,6 +160,8 @@ def build_loaders(cfg, rank: int, world: int, model_name: Optional[str]) -> Dict
         val_set = folder_split(cfg.data, 'val', eval_transform(cfg.img_size, options['crop_pct'],
                                                                options['interpolation'], 'crop', options['mean'],
                                                                options['std']), **split)
+        train_set = random_subset(train_set, cfg.train_samples, cfg.seed)
+        val_set = random_subset(val_set, cfg.val_samples, cfg.seed)
     micro = cfg.batch_size // per_step
     sampler = make_sampler(train_set, cfg, rank, world)
     train_loader = DataLoader(train_set, batch_size=micro, sampler=sampler, drop_last=True, num_workers=cfg.workers,
@@ -194,7 +195,6 @@ def eval_spec(ckpt: Dict[str, Any], protocol: str = 'crop', explicit: bool = Fal
 
 def eval_dataset(spec: str, size: int, samples: Optional[int], how: tuple) -> Dataset:
     """The evaluation images of ``spec`` at ``size`` as ``eval_spec`` describes (built-in scenes: the test split)."""
-    from . import build_dataset
     if spec.startswith('synthetic'):
         return build_dataset(spec, size, 'test', samples)
     protocol, crop_pct, interpolation, mean, std, classes, split, val_fraction, split_seed = how
