@@ -205,15 +205,6 @@ def load_model(path: str, device: torch.device = torch.device('cpu')) -> Tuple[t
     return model.to(device).eval(), ckpt
 
 
-def is_training_checkpoint(path: str) -> bool:
-    """Whether ``path`` is a vitpe training checkpoint or weights file (else: foreign weights, or not readable)."""
-    try:
-        load_checkpoint(path)
-    except CheckpointError:
-        return False
-    return True
-
-
 def pretrained_file(model_name: str, path: Optional[str] = None) -> str:
     """The weights file to start ``model_name`` from: ``path`` when given, else the model's weights in timm's cache
     (Hugging Face hub cache or torch hub's checkpoints folder). Nothing is downloaded: weights that are not on

@@ -32,8 +32,8 @@ from timm.data import Mixup
 from timm.utils import ModelEmaV3
 
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
-from .checkpoint import (create_model, is_training_checkpoint, load_checkpoint, pretrained_file, read_weights_file,
-                         rng_state, save_checkpoints, set_rng_state)
+from .checkpoint import (create_model, load_checkpoint, pretrained_file, read_weights_file, rng_state,
+                         save_checkpoints, set_rng_state)
 from .config import TrainConfig, parse_config
 from .data.pipeline import build_loaders
 from .errors import CheckpointError, TrainingError
@@ -123,14 +123,16 @@ def load_sources(cfg: TrainConfig):
         if cfg.resume != 'auto' or os.path.exists(path):
             resume = load_checkpoint(path)
     initial, weights = None, None
-    if cfg.initial_checkpoint and (not os.path.isfile(cfg.initial_checkpoint)
-                                   or is_training_checkpoint(cfg.initial_checkpoint)):
-        initial = load_checkpoint(cfg.initial_checkpoint)
-    elif cfg.initial_checkpoint:
-        if not cfg.model:
-            raise CheckpointError(f"{cfg.initial_checkpoint!r} is not a vitpe checkpoint, so it does not name its "
-                                  f"model: give --model")
-        weights = cfg.initial_checkpoint
+    if cfg.initial_checkpoint:
+        try:
+            initial = load_checkpoint(cfg.initial_checkpoint)
+        except CheckpointError:
+            if not os.path.isfile(cfg.initial_checkpoint):
+                raise
+            if not cfg.model:
+                raise CheckpointError(f"{cfg.initial_checkpoint!r} is not a vitpe checkpoint, so it does not name "
+                                      f"its model: give --model") from None
+            weights = cfg.initial_checkpoint  # read as weights (create_pretrained names what is wrong with it)
     elif cfg.pretrained or cfg.pretrained_path:
         weights = pretrained_file(cfg.model, cfg.pretrained_path)
     return resume, initial, weights
