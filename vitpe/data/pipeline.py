@@ -36,6 +36,12 @@ FOLDER_OPTIONS = ('aa', 'color_jitter', 'scale', 'ratio', 'hflip', 'vflip', 'rep
                   'interpolation', 'crop_pct', 'val_fraction', 'classes')
 
 
+def check_protocol(protocol: str) -> None:
+    """An unknown evaluation protocol raises ValueError naming the known ones."""
+    if protocol not in EVAL_PROTOCOLS:
+        raise ValueError(f"unknown evaluation protocol {protocol!r}; expected one of {list(EVAL_PROTOCOLS)}")
+
+
 def model_data_config(model_name: Optional[str]) -> Dict[str, Any]:
     """The model's evaluation defaults from its timm pretrained config: mean, std, crop_pct, interpolation."""
     cfg = timm.models.get_pretrained_cfg(model_name) if model_name else None
@@ -49,8 +55,7 @@ def model_data_config(model_name: Optional[str]) -> Dict[str, Any]:
 def eval_transform(size: int, crop_pct: float = 0.875, interpolation: str = 'bicubic', protocol: str = 'crop',
                    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD):
     """The evaluation transform at ``size`` under ``protocol`` (``EVAL_PROTOCOLS``), built by timm."""
-    if protocol not in EVAL_PROTOCOLS:
-        raise ValueError(f"unknown evaluation protocol {protocol!r}; expected one of {list(EVAL_PROTOCOLS)}")
+    check_protocol(protocol)
     if protocol == 'resize':  # timm's 'squash' at crop_pct 1: both sides to size, the centre crop is all of it
         return create_transform(size, is_training=False, crop_pct=1.0, crop_mode='squash',
                                  interpolation=interpolation, mean=mean, std=std)
@@ -183,8 +188,7 @@ def eval_spec(ckpt: Dict[str, Any], protocol: str = 'crop', explicit: bool = Fal
     """How a checkpoint is evaluated on an image folder, as a hashable tuple for ``eval_dataset``: the protocol, its
     training config's crop_pct and interpolation (else its model's), its classes, and where the images come from
     (``explicit``: a folder the user names, its val/ or all of it; else the training data's validation split)."""
-    if protocol not in EVAL_PROTOCOLS:
-        raise ValueError(f"unknown evaluation protocol {protocol!r}; expected one of {list(EVAL_PROTOCOLS)}")
+    check_protocol(protocol)
     config = ckpt.get('config') or {}
     model = model_data_config(ckpt.get('model_name'))
     split = ('test', 0.0, 0) if explicit else ('val', config.get('val_fraction', 0.0), config.get('split_seed', 0))

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint import load_model
-from ..data.pipeline import EVAL_PROTOCOLS, eval_dataset, eval_spec
+from ..data.pipeline import check_protocol, eval_dataset, eval_spec
 from ..memory import PeakMemory
 from .loop import evaluate, tensor_batches
 from ..pe.strategy import ResolutionStrategy
@@ -79,8 +79,7 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
     folders go through each checkpoint's evaluation transform at every resolution under ``protocol`` ('crop':
     resize by its crop_pct, then the centre crop; 'resize': the whole image; ``vitpe.data.pipeline``), on its
     validation split (``data`` given: that folder's val/, else all of it), ``samples`` images drawn at random."""
-    if protocol not in EVAL_PROTOCOLS:
-        raise ValueError(f"unknown evaluation protocol {protocol!r}; expected one of {list(EVAL_PROTOCOLS)}")
+    check_protocol(protocol)
     resolutions = sorted(int(r) for r in resolutions)
     models = [load_model(p, device) for p in checkpoints]
     for model, _ in models:
