@@ -16,10 +16,20 @@ OLD_DEFAULTS = {
     'cutmix': 0.0, 'model_ema': False, 'model_ema_decay': 0.998, 'amp': False, 'workers': 0, 'seed': 0,
     'output': 'runs/train', 'resume': None, 'initial_checkpoint': None, 'max_steps_per_epoch': None, 'quiet': False,
 }
+# options added for real data (issue 14): their defaults leave training as it was (no augmentation beyond
+# random-resized crop and flip, no drop path, no layer decay, one micro-batch per update)
+NEW_DEFAULTS = {
+    'aa': None, 'color_jitter': 0.0, 'scale': [0.08, 1.0], 'ratio': [3 / 4, 4 / 3], 'hflip': 0.5, 'vflip': 0.0,
+    'reprob': 0.0, 'remode': 'pixel', 'recount': 1, 'train_interpolation': 'bilinear', 'interpolation': None,
+    'crop_pct': None, 'val_fraction': 0.0, 'split_seed': 0, 'classes': None, 'aug_repeats': 0, 'drop_path': 0.0,
+    'layer_decay': None, 'grad_accum_steps': 1, 'warmup_epochs': None, 'lr_base': None, 'lr_base_size': 256,
+    'bce_loss': False, 'bce_target_thresh': None, 'channels_last': False, 'pretrained': False,
+    'pretrained_path': None,
+}
 
 
 def test_defaults_are_the_old_ones_and_every_field_is_an_option():
-    assert TrainConfig().to_dict() == OLD_DEFAULTS
+    assert TrainConfig().to_dict() == {**OLD_DEFAULTS, **NEW_DEFAULTS}
     assert parse_config(['--model', 'm']) == TrainConfig(model='m')
     help_text = build_parser().format_help()
     for f in dataclasses.fields(TrainConfig):
@@ -85,3 +95,12 @@ def test_shipped_training_config_loads():
     cfg = parse_config(['--config', os.path.join(ROOT, 'configs', 'train_micro_rope_mixed_position_64.yaml')])
     assert (cfg.model, cfg.model_kwargs, cfg.img_size, cfg.epochs) == ('vitpe_micro_patch16_rope_mixed_64', {}, 64, 15)
     assert cfg.resume is None and parse_config(['--model', 'm', '--resume']).resume == 'auto'
+
+
+def test_list_options_from_the_command_line_and_yaml(tmp_path):
+    with pytest.warns(FutureWarning, match='--label-smoothing is deprecated'):
+        c = parse_config(['--model', 'm', '--scale', '0.35', '1', '--classes', 'a', 'b', '--label-smoothing', '0.1'])
+    assert c.scale == [0.35, 1.0] and c.classes == ['a', 'b'] and c.smoothing == 0.1
+    assert TrainConfig.from_dict({'ratio': [1, 2]}).ratio == [1.0, 2.0]
+    with pytest.raises(ValueError, match=r"scale\[1\] must be float, got str 'x'"):
+        TrainConfig.from_dict({'scale': [0.1, 'x']})

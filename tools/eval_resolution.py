@@ -5,12 +5,20 @@ resolution.png (and with --diagnostics the attention entropy and distance per la
     python tools/eval_resolution.py --checkpoint runs/*/best.pth --resolutions 48 64 96 128 160 --output sweep/
     python tools/eval_resolution.py --checkpoint runs/rope/best.pth --resolutions 64 128 --strategy none pi ntk yarn pi+logit
     python tools/eval_resolution.py --checkpoint runs/ape/best.pth --resolutions 64 320 --diagnostics
+    python tools/eval_resolution.py --checkpoint runs/deit_s/best.pth --data /data/imagenet --resolutions 160 224 320 \
+        --protocol crop resize
+
+Image folders: every resolution goes through the checkpoint's evaluation transform. Protocols: "crop" resizes the
+shorter side to res / crop_pct (the checkpoint's) and takes the centre res x res crop (DeiT, timm); "resize"
+resizes the whole image to res x res (nothing cut off, aspect not kept). Several protocols: one row each.
 """
 import argparse
+import os
 import sys
 
 import torch
 
+from vitpe.data.pipeline import EVAL_PROTOCOLS
 from vitpe.eval import STRATEGIES, sweep, to_markdown, write_results
 from vitpe.errors import TrainingError
 
@@ -22,7 +30,10 @@ def main(argv=None):
     p.add_argument('--strategy', nargs='+', default=['none'], metavar='STRATEGY',
                    help=f"one or more of {', '.join(STRATEGIES)}, combinations joined by + (pi+logit), or all")
     p.add_argument('--data', default=None, help="evaluation data (default: each checkpoint's training data)")
-    p.add_argument('--samples', type=int, default=512, help='evaluation images (built-in data)')
+    p.add_argument('--samples', type=int, default=512,
+                   help='evaluation images (image folders: drawn at random; each resolution held in memory)')
+    p.add_argument('--protocol', nargs='+', default=['crop'], choices=list(EVAL_PROTOCOLS),
+                   help='image folders: crop (resize by crop_pct, centre crop) and/or resize (the whole image)')
     p.add_argument('--batch-size', type=int, default=64)
     p.add_argument('--output', default='sweep')
     p.add_argument('--labels', nargs='+', help='row names (default: the checkpoint folder names)')
@@ -31,8 +42,15 @@ def main(argv=None):
     args = p.parse_args(argv)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     try:
-        records = sweep(args.checkpoint, args.resolutions, args.strategy, data=args.data, samples=args.samples,
-                        batch_size=args.batch_size, device=device, labels=args.labels, diagnostics=args.diagnostics)
+        records = []
+        for protocol in args.protocol:
+            labels = args.labels
+            if len(args.protocol) > 1:  # one row per checkpoint and protocol
+                names = labels or [os.path.basename(os.path.dirname(os.path.abspath(c))) for c in args.checkpoint]
+                labels = [f'{name} ({protocol})' for name in names]
+            records += sweep(args.checkpoint, args.resolutions, args.strategy, data=args.data, samples=args.samples,
+                             batch_size=args.batch_size, device=device, labels=labels, protocol=protocol,
+                             diagnostics=args.diagnostics)
     except (TrainingError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -7,6 +7,8 @@
     torchrun --nproc_per_node=2 tools/train.py ...      # several processes (DDP)
     python tools/train.py --output runs/x --resume        # continue after a kill
     python tools/train.py --initial-checkpoint runs/x/best.pth --img-size 96 --output runs/x96
+    python tools/train.py --model vitpe_small_patch16_rope_mixed_224 --data /data/imagenet --aa 3a --output runs/z
+    torchrun --nproc_per_node=8 tools/train.py -c configs/imagenet/deit_small.yaml --data /data/imagenet --output runs/d
 
 The options are the fields of ``vitpe.config.TrainConfig``; the loop is ``vitpe.training.train``.
 """

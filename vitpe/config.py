@@ -40,8 +40,8 @@ class TrainConfig:
                                           'key=value pairs (depth=6 patch_size=8)', factory=dict, nargs='+')
     data: str = option('synthetic:position', 'synthetic:<position|quadrant|kind> or an ImageFolder path')
     img_size: int = option(64, 'training resolution (pixels, square)')
-    train_samples: Optional[int] = option(None, 'built-in data: training scenes')
-    val_samples: Optional[int] = option(None, 'built-in data: validation scenes')
+    train_samples: Optional[int] = option(None, 'built-in data: training scenes; image folders: a random subset')
+    val_samples: Optional[int] = option(None, 'built-in data: validation scenes; image folders: a random subset')
     epochs: int = option(10, 'epochs to train')
     batch_size: int = option(64, 'global batch over all processes (timm: per process)')
     opt: str = option('adamw', "timm optimizer name")
@@ -64,6 +64,45 @@ class TrainConfig:
                                    'or a fresh start when there is none yet)', nargs='?', const='auto')
     initial_checkpoint: Optional[str] = option(None, 'start from the weights of a vitpe training checkpoint '
                                                '(tables resized to --img-size; a new head for other classes)')
+    # -- image folders: timm's augmentation (timm.data.create_transform) and evaluation transforms
+    aa: Optional[str] = option(None, "auto-augment policy: timm's rand-m9-mstd0.5-inc1 (DeiT), 3a (DeiT-III's "
+                               "3-Augment) or any timm --aa string (image folders)")
+    color_jitter: float = option(0.0, 'colour jitter strength for brightness, contrast and saturation (0: off; '
+                                 'with --aa only for 3a, as timm)')
+    scale: List[float] = option(help='random-resized-crop area range', factory=lambda: [0.08, 1.0], nargs=2)
+    ratio: List[float] = option(help='random-resized-crop aspect range', factory=lambda: [3 / 4, 4 / 3], nargs=2)
+    hflip: float = option(0.5, 'horizontal flip probability (image folders)')
+    vflip: float = option(0.0, 'vertical flip probability (image folders)')
+    reprob: float = option(0.0, 'random erasing probability (image folders)')
+    remode: str = option('pixel', "random erasing fill: pixel, rand or const")
+    recount: int = option(1, 'random erasing: most rectangles per image')
+    train_interpolation: str = option('bilinear', 'training resize interpolation: bilinear, bicubic or random')
+    interpolation: Optional[str] = option(None, "evaluation resize interpolation (default: the model's, timm)")
+    crop_pct: Optional[float] = option(None, "evaluation: resize to img_size / crop_pct, then centre crop "
+                                       "(default: the model's, 0.9 for the vitpe zoo)")
+    val_fraction: float = option(0.0, 'a folder without val/: hold out this fraction of each class for validation '
+                                 '(0: refuse to train on such a folder)')
+    split_seed: int = option(0, 'seed of the --val-fraction split (the same split for every --seed)')
+    classes: Optional[List[str]] = option(None, 'train and validate on these class folders only', nargs='+')
+    aug_repeats: int = option(0, 'repeated augmentation: each image this many times per epoch, each copy on '
+                              "another process where there are several (timm's RepeatAugSampler; DeiT: 3; 0: off)")
+    # -- optimisation
+    drop_path: float = option(0.0, 'stochastic depth rate of the last block (timm drop_path_rate)')
+    layer_decay: Optional[float] = option(None, 'layer-wise learning-rate decay (timm): block i (from 0) of L '
+                                          'gets lr * layer_decay ** (L - i), the stem ** (L + 1), the head lr')
+    grad_accum_steps: int = option(1, 'micro-batches per update (batch_size stays the global batch per update)')
+    warmup_epochs: Optional[float] = option(None, 'warm-up in epochs (replaces --warmup-steps)')
+    lr_base: Optional[float] = option(None, 'learning rate per --lr-base-size images: when set, '
+                                      'lr = lr_base * batch_size / lr_base_size (replaces --lr)')
+    lr_base_size: int = option(256, 'global batch at which --lr-base is the learning rate')
+    bce_loss: bool = option(False, 'binary cross-entropy on the (mixed) targets instead of softmax cross-entropy')
+    bce_target_thresh: Optional[float] = option(None, 'binary cross-entropy: targets above this become 1 '
+                                                '(DeiT-III: 0.0)')
+    channels_last: bool = option(False, 'channels-last memory format for the model and the inputs')
+    pretrained: bool = option(False, "start from the model's pretrained weights: --pretrained-path, else timm's "
+                              'cache (nothing is downloaded)')
+    pretrained_path: Optional[str] = option(None, 'weights file for --pretrained (timm, authors\' or vitpe; '
+                                            'converted to the scheme)')
     max_steps_per_epoch: Optional[int] = option(None, 'cap on updates per epoch (tests)', hidden=True)
     quiet: bool = option(False, 'no progress bars or per-epoch lines')
 
@@ -111,10 +150,16 @@ def _rename_aliases(values: Dict[str, Any], source: str) -> Dict[str, Any]:
     return values
 
 
-def _base_type(hint) -> type:
-    """int for int and Optional[int]; dict for Dict[str, Any]."""
+def _optional_inner(hint):
+    """int for Optional[int]; anything else as it is."""
     if typing.get_origin(hint) is typing.Union:
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def _base_type(hint) -> type:
+    """int for int and Optional[int]; dict for Dict[str, Any]; list for List[float]."""
+    hint = _optional_inner(hint)
     return typing.get_origin(hint) or hint
 
 
@@ -132,6 +177,9 @@ def check_type(name: str, value: Any, hint, source: str = 'config') -> Any:
             pass
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if base is list and isinstance(value, (list, tuple)):
+        item = typing.get_args(_optional_inner(hint))[0]
+        return [check_type(f"{name}[{i}]", v, item, source) for i, v in enumerate(value)]
     if isinstance(value, base) and not (base is int and isinstance(value, bool)):
         return value
     expected = base.__name__ + (' or null' if optional else '')
@@ -193,6 +241,8 @@ def _argument(f: dataclasses.Field, hint) -> Dict[str, Any]:
         kwargs['action'] = argparse.BooleanOptionalAction
     elif base is dict:
         kwargs['action'] = _KwargsAction
+    elif base is list:
+        kwargs['type'] = typing.get_args(_optional_inner(hint))[0]
     else:
         kwargs['type'] = base
     return kwargs

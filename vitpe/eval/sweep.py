@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint import load_model
-from ..data import build_dataset
+from ..data.pipeline import check_protocol, eval_dataset, eval_spec
 from ..memory import PeakMemory
 from .diagnostics import DIAGNOSTICS_HEADER
 from .loop import evaluate, tensor_batches
@@ -37,6 +37,7 @@ class Record:
     peak_mem_mb: float
     device: str
     seed: Optional[int] = None  # the training seed (the study's runs); None outside the study
+    protocol: str = 'crop'  # image folders: vitpe.data.pipeline.EVAL_PROTOCOLS (the scenes are rendered at res)
     # with ``sweep(diagnostics=True)``: {'entropy' | 'entropy_norm' | 'distance': [value per layer]}
     # (vitpe.eval.diagnostics), written to the CSV as columns <name>_l<layer> and <name>_mean
     diagnostics: Optional[Dict[str, List[float]]] = None
@@ -72,13 +73,21 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
           data: Optional[str] = None, samples: int = 512, batch_size: int = 64,
           device: torch.device = torch.device('cpu'), progress: bool = True,
           labels: Optional[Sequence[str]] = None, seeds: Optional[Sequence[int]] = None,
-          diagnostics: bool = False, diagnostic_samples: int = 256) -> List[Record]:
+          diagnostics: bool = False, diagnostic_samples: int = 256, protocol: str = 'crop') -> List[Record]:
     """Evaluate every checkpoint at every resolution with no fine-tuning, under every strategy.
 
     ``strategies`` are names or combinations ('pi+logit') and may contain 'all' (every single strategy that
     applies to the scheme); a strategy with a part that does not apply to a checkpoint's scheme is skipped
     for it. The built-in data is the test split
-    (never seen in training or model selection); the same scenes are rendered at every resolution."""
+    (never seen in training or model selection); the same scenes are rendered at every resolution. Image
+    folders go through each checkpoint's evaluation transform at every resolution under ``protocol`` ('crop':
+    resize by its crop_pct, then the centre crop; 'resize': the whole image; ``vitpe.data.pipeline``), on its
+    validation split (``data`` given: that folder's val/, else all of it), ``samples`` images drawn at random.
+
+    ``diagnostics``: also the attention entropy and distance per layer (``Record.diagnostics``), from a
+    second, untimed pass over the first ``diagnostic_samples`` images (attention then computes its
+    probabilities explicitly, which would distort the timing)."""
+    check_protocol(protocol)
     resolutions = sorted(int(r) for r in resolutions)
     models = [load_model(p, device) for p in checkpoints]
     for model, _ in models:
@@ -94,10 +103,10 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
     records = []
     for i, path, model, ckpt, strategy, res in tqdm(jobs, desc='sweep', disable=not progress):
         spec = data or ckpt['data']
-        key = (spec, res)
+        how = () if spec.startswith('synthetic') else eval_spec(ckpt, protocol, explicit=data is not None)
+        key = (spec, res) + how
         if key not in cache:
-            split = 'test' if spec.startswith('synthetic') else 'val'
-            cache[key] = materialize(build_dataset(spec, res, split, samples))
+            cache[key] = materialize(eval_dataset(spec, res, samples, how))
         images, targets = cache[key]
         with PeakMemory(device) as mem:
             m = evaluate(model, tensor_batches(images, targets, batch_size), device, strategy=strategy)
@@ -110,7 +119,8 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
                               scheme=getattr(model.pos_enc, 'name', '?'), train_res=int(ckpt['img_size']), res=res,
                               strategy=strategy, acc=m['acc'], loss=m['loss'], n=m['n'],
                               imgs_per_s=m['n'] / m['seconds'], peak_mem_mb=mem.mb, device=str(device),
-                              seed=None if seeds is None else seeds[i], diagnostics=m.get('diagnostics')))
+                              seed=None if seeds is None else seeds[i], protocol=protocol,
+                              diagnostics=m.get('diagnostics')))
     return records
 
 

@@ -1,0 +1,70 @@
+"""Optimisation of a training run: timm's optimizer (with layer-wise learning-rate decay), the per-update
+schedule with a linear warm-up, the learning rate scaled to the global batch, mixup / cutmix and the loss."""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+from timm.data import Mixup
+from timm.loss import BinaryCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+
+
+def peak_lr(cfg) -> float:
+    """``lr``, or ``lr_base * batch_size / lr_base_size`` when ``lr_base`` is set (the linear scaling rule of
+    Goyal et al. 2017 that DeiT uses with lr_base 5e-4 per 512 images)."""
+    return cfg.lr if cfg.lr_base is None else cfg.lr_base * cfg.batch_size / cfg.lr_base_size
+
+
+def warmup_updates(cfg, steps_per_epoch: int) -> int:
+    """Updates of the linear warm-up: ``warmup_epochs`` x updates per epoch when given, else ``warmup_steps``."""
+    if cfg.warmup_epochs is not None:
+        return int(round(cfg.warmup_epochs * steps_per_epoch))
+    return cfg.warmup_steps
+
+
+def create_optimizer(model: torch.nn.Module, cfg):
+    """timm's optimizer; with ``layer_decay`` each group carries timm's ``lr_scale`` ``layer_decay ** (L + 1 - layer)``
+    (layers from the model's ``group_matcher``: the stem 0, block i i + 1, the final norm with the last block,
+    the head L + 1; as timm's ViT)."""
+    return create_optimizer_v2(model, opt=cfg.opt, lr=peak_lr(cfg), weight_decay=cfg.weight_decay,
+                               layer_decay=cfg.layer_decay)
+
+
+def scaled_lrs(optimizer) -> List[float]:
+    """Each group's peak learning rate: its ``lr`` times its layer-decay ``lr_scale``."""
+    return [g['lr'] * g.get('lr_scale', 1.0) for g in optimizer.param_groups]
+
+
+def build_optimization(run) -> None:
+    """Sets ``run.optimizer``, ``scheduler``, ``base_lrs``, ``warmup``, ``mixup`` and ``criterion``."""
+    cfg = run.cfg
+    run.optimizer = create_optimizer(run.unwrapped, cfg)
+    run.base_lrs = scaled_lrs(run.optimizer)  # before the scheduler or a resume touch them
+    run.warmup = warmup_updates(cfg, run.steps_per_epoch)
+    run.scheduler, _ = create_scheduler_v2(run.optimizer, sched=cfg.sched, num_epochs=cfg.epochs, min_lr=cfg.min_lr,
+                                           warmup_epochs=0, step_on_epochs=False,
+                                           updates_per_epoch=run.steps_per_epoch)
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        run.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
+                          num_classes=len(run.classes))
+    run.criterion = criterion(cfg, mixed=run.mixup is not None)
+
+
+def criterion(cfg, mixed: bool):
+    """Binary cross-entropy (DeiT-III: targets thresholded at 0), soft-target cross-entropy after mixup (which
+    smooths the labels itself), or cross-entropy with label smoothing."""
+    if cfg.bce_loss:
+        return BinaryCrossEntropy(smoothing=0.0 if mixed else cfg.smoothing, target_threshold=cfg.bce_target_thresh)
+    if mixed:
+        return SoftTargetCrossEntropy()
+    return torch.nn.CrossEntropyLoss(label_smoothing=cfg.smoothing)
+
+
+def warm_up(run) -> None:
+    """Linear warm-up over ``run.warmup`` updates (each group from its peak lr / warmup), then timm's schedule."""
+    if run.num_updates < run.warmup:
+        for g, lr in zip(run.optimizer.param_groups, run.base_lrs):
+            g['lr'] = lr * (run.num_updates + 1) / run.warmup
+
