@@ -106,7 +106,9 @@ def test_study_config_schemes_all_and_errors(tmp_path, tool):
     assert max(full['resolutions']) >= 5 * full['train']['img_size'] and min(full['resolutions']) < full['train']['img_size']
     full_runs = study.plan_runs(full, 'x')
     assert len(full_runs) == 3 * (len(entries) + 2)
-    assert full_runs[3].config.model == 'vitpe_micro_patch16_ape_64' and full_runs[3].config.model_kwargs == {}
+    ape = next(r for r in full_runs if r.scheme == 'ape')  # the first run of ape: seed 0, the zoo's micro model
+    assert ape.seed == 0 and ape.config.model == 'vitpe_micro_patch16_ape_64' and ape.config.model_kwargs == {}
+    assert {'alibi', 'fire', 'kerple', 'lookhere', 'xpos'} <= {r.scheme for r in full_runs}
     for text, message in [(TINY_STUDY + 'seed: 3\n', r"unknown keys \['seed'\], missing keys \[\]"),
                           (TINY_STUDY.replace('schemes: [none, ape]', 'schemes: [none, rope2d]'),
                            r"unknown: \['rope2d'\]"),

@@ -13,7 +13,7 @@ from .strategy import STRATEGIES, ResolutionStrategy, current_strategy, use_stra
 from .common import LearnedTable, check_choice, check_positive, grid_bias
 
 # modules of shared pieces, and the deprecated aliases of 0.1.0's modules (importing those warns)
-SHARED_MODULES = {'base', 'registry', 'strategy', 'common', 'converters', 'rotary'}
+SHARED_MODULES = {'base', 'registry', 'strategy', 'common', 'converters', 'rotary', 'offset_bias'}
 DEPRECATED_MODULES = {'absolute', 'relative', 'conv', 'rope', 'functional'}
 
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):

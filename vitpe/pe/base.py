@@ -28,6 +28,11 @@ the block index):
 ``after_block(x, ctx, layer) -> x``
     after block ``layer`` (cpe / PEG).
 
+Randomised positions (Ruoss et al. 2023): a scheme with coordinates takes the option ``random_positions``
+(0: off; a factor >= 1) and reads its positions from ``common.GridPositions``, which in training draws each
+sample's positions, sorted per axis, from that many times the grid (``self.random_positions`` is set by the
+base class; evaluation always uses the grid's own positions).
+
 The resolution strategy of the forward (``ctx.strategy``, see ``strategy.py``) is an argument, never module
 state. The attention temperature has one path: ``ctx.logit_scale`` (``strategy.attention_logit_scale``, to
 which a scheme contributes through :meth:`PositionalEncoding.logit_temperature`).
@@ -127,6 +132,7 @@ class PositionalEncoding(nn.Module):
     convert_checkpoint: ClassVar[Optional[Callable]] = None
     # a persistent uint8 buffer holding ``name``: a checkpoint of another scheme is refused by name
     scheme: torch.Tensor
+    random_positions: float = 0.  # the factor of randomised positions in training (0: off); see GridPositions
 
     def __init__(self, *, dim: int, num_heads: int, depth: int, grid_size: Sequence[int],
                  num_prefix_tokens: int = 0):

@@ -4,6 +4,7 @@ and depthwise convolutions on the grid. Every function takes the grid shape as a
 ((T,) H, W)."""
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
@@ -49,6 +50,64 @@ def coord_grid(shape: Sequence[int], device=None, dtype=torch.float32, scale: Op
     if scale is not None:
         axes = [a * float(f) for a, f in zip(axes, scale)]
     return torch.stack(torch.meshgrid(*axes, indexing='ij'), dim=-1).reshape(-1, len(shape)).to(dtype)
+
+
+# --------------------------------------------------------------------------------------------- randomised positions
+def check_random_positions(scheme: str, factor) -> None:
+    """``random_positions``: 0 (off) or the factor (>= 1) of the range positions are drawn from in training."""
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not (factor == 0 or factor >= 1):
+        raise ValueError(f"{scheme}: invalid random_positions={factor!r}; expected 0 (off) or a factor >= 1 "
+                         f"(positions drawn from that many times the training grid, e.g. 4)")
+
+
+def random_extents(shape: Sequence[int], factor: float) -> Tuple[int, ...]:
+    """The range each axis's randomised positions are drawn from: ceil(factor * size)."""
+    return tuple(max(int(s), math.ceil(factor * s)) for s in shape)
+
+
+def random_positions(shape: Sequence[int], factor: float, batch: int, device=None) -> torch.Tensor:
+    """Randomised positions (Ruoss et al. 2023, "Randomized Positional Encodings Boost Length Generalization",
+    Sec. 3) on a grid: per sample and per axis, ``size`` distinct integers drawn uniformly from
+    range(ceil(factor * size)) and sorted, so the grid keeps its order and a test grid up to ``factor`` times
+    larger uses positions seen in training. Returns (batch, N, rank) integers in ``coord_grid`` order."""
+    index = coord_grid(shape, device=device, dtype=torch.long)
+    axes = []
+    for a, (size, extent) in enumerate(zip(shape, random_extents(shape, factor))):
+        drawn = torch.rand(batch, extent, device=device).argsort(-1)[:, :size].sort(-1).values  # (batch, size)
+        axes.append(drawn[:, index[:, a]])
+    return torch.stack(axes, dim=-1)
+
+
+class GridPositions:
+    """The integer patch positions of one forward, for schemes with coordinates: the grid's own (``coord_grid``,
+    one set for the batch) or, when the scheme draws randomised positions (training with ``random_positions``),
+    one sorted draw per sample (``random_positions``), made on first use and kept for the forward (every layer,
+    and a recomputation under gradient checkpointing, sees the same draw). ``extents[a]``: positions along
+    axis ``a`` lie in range(extents[a]); ``scale``: the per-axis factor of position interpolation (or None)."""
+
+    def __init__(self, pe, shape: Tuple[int, ...], strategy: ResolutionStrategy, device):
+        self.shape, self.device = tuple(shape), device
+        self.factor = pe.random_positions if (pe.training and pe.random_positions) else 0.
+        self.extents = random_extents(shape, self.factor) if self.factor else self.shape
+        self.scale = position_scale(pe.grid_size, self.shape, strategy)
+        self.fixed = None if self.factor else pe.cached(
+            ('positions', self.shape, device), lambda: coord_grid(shape, device=device, dtype=torch.long)[None])
+        self._drawn = None
+
+    def of_batch(self, batch: int) -> torch.Tensor:
+        """(1, N, rank) the grid's positions, or (batch, N, rank) drawn ones."""
+        if not self.factor:
+            return self.fixed
+        if self._drawn is None or self._drawn.shape[0] != batch:
+            self._drawn = random_positions(self.shape, self.factor, batch, self.device)
+        return self._drawn
+
+    def coords(self, batch: int) -> torch.Tensor:
+        """Float coordinates (1 | batch, N, rank), position interpolation applied."""
+        pos = self.of_batch(batch).float()
+        if self.scale is not None:
+            pos = pos * torch.tensor(self.scale, device=pos.device, dtype=pos.dtype)
+        return pos
 
 
 def grid_coords(pe, shape: Tuple[int, ...], strategy: ResolutionStrategy, device) -> torch.Tensor:

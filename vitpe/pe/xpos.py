@@ -1,0 +1,108 @@
+"""xPos on a grid (Sun et al., "A Length-Extrapolatable Transformer", ACL 2023; microsoft/torchscale ``XPOS``):
+axial RoPE (``rotary.py``, RoPE-ViT Eq. 10) whose rotated query and key pairs are also scaled,
+
+    q_n -> R(n) q_n * zeta^(n / B),   k_m -> R(m) k_m * zeta^(-m / B),   so   q_n . k_m  gets  zeta^((n - m) / B),
+
+per channel pair k of an axis with n pairs: zeta_k = (k / n + gamma) / (1 + gamma) (the fastest-turning pair
+decays most), gamma = 0.4, B = ``scale_base`` = 512 (the paper's), positions centred on the grid as torchscale
+does (so the scales stay near 1).
+
+Adaptation to bidirectional attention: in causal attention n - m >= 0, so zeta^((n - m) / B) is a decay with
+distance. Over a grid the key may lie on either side, and a decay zeta^(|n - m| / B) does not factor into a
+query part and a key part. So each head keeps the exact xPos factorisation with a direction per axis: head h
+uses s_{h,a} (n_a - m_a) on axis a, s_{h,a} = -1 where bit a of (h mod 2^rank) is set (the axes in coord_grid
+order, the last is the column), so heads decay towards keys before the query (s = +1: up / left) or after it
+(s = -1) on each axis, and grow mildly on the other side (by at most zeta_0^(-D / B): 1.04 over a 14-patch
+axis, 1.17 over 64 patches, at the defaults). On a 1 x N grid a head with s = +1 is the paper's 1D xPos.
+
+Position strategies as the RoPE schemes ('pi', 'ntk', 'yarn'); randomised positions in training
+(``random_positions``) as every scheme with coordinates. Default theta 100 (RoPE-ViT's base for 2D axial RoPE;
+the paper's 1D base is 10000).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .base import PEState
+from .common import GridPositions, check_positive, check_random_positions
+from .registry import register_pos_encoding
+from .rotary import RotaryPE, rope_axial_angles, rope_axial_freqs, rotate_pairs
+from .strategy import NO_STRATEGY
+
+
+def xpos_zeta(head_dim: int, rank: int, gamma: float) -> torch.Tensor:
+    """zeta per channel pair, (head_dim / 2,), pairs grouped by axis as ``rope_axial_angles``."""
+    n = head_dim // (2 * rank)
+    zeta = (torch.arange(n, dtype=torch.float32) / n + gamma) / (1 + gamma)
+    return zeta.repeat(rank)
+
+
+def xpos_signs(num_heads: int, rank: int, pairs: int) -> torch.Tensor:
+    """(heads, pairs) decay direction s_{h,a} of each head and channel pair (the pair's axis a)."""
+    n = pairs // rank
+    signs = torch.ones(num_heads, pairs)
+    for h in range(num_heads):
+        for i, a in enumerate(reversed(range(rank))):  # pair groups run last axis first
+            if (h % 2 ** rank) >> a & 1:
+                signs[h, i * n:(i + 1) * n] = -1.
+    return signs
+
+
+@dataclass
+class XPosState(PEState):
+    positions: GridPositions
+    freqs: torch.Tensor  # (head_dim / 2,) after the strategy
+    log_decay: torch.Tensor  # (heads, head_dim / 2): s_{h,a} log(zeta_k) / B
+    num_prefix: int
+
+    def __post_init__(self):
+        self._made = {}  # batch -> (rot_q, rot_k), made once per forward
+
+
+@register_pos_encoding
+class XPos(RotaryPE):
+    """Options: theta (100), gamma (0.4), scale_base (512), ape (also add a learned APE), antialias (of its
+    resampling), random_positions (0: off, or the factor of the range positions are drawn from in training)."""
+    name = 'xpos'
+
+    def __init__(self, *, theta: float = 100., gamma: float = 0.4, scale_base: float = 512., ape: bool = False,
+                 antialias: bool = True, random_positions: float = 0., **common):
+        super().__init__(theta=theta, ape=ape, antialias=antialias, **common)
+        check_positive(self.name, 'gamma', gamma)
+        check_positive(self.name, 'scale_base', scale_base)
+        check_random_positions(self.name, random_positions)
+        self.gamma, self.scale_base, self.random_positions = float(gamma), float(scale_base), float(random_positions)
+        rope_axial_freqs(self.head_dim, self.rank, self.theta)  # checks that head_dim splits over the axes
+
+    def prepare(self, grid, strategy=NO_STRATEGY, device=None):
+        device = device or self.default_device()
+        freqs = self.scale_freqs(rope_axial_freqs(self.head_dim, self.rank, self.theta).to(device), grid, strategy)
+        log_decay = (xpos_signs(self.num_heads, self.rank, self.head_dim // 2)
+                     * xpos_zeta(self.head_dim, self.rank, self.gamma).log() / self.scale_base)
+        return XPosState(GridPositions(self, grid.shape, strategy, device), freqs, log_decay.to(device),
+                         grid.num_prefix)
+
+    def rotations(self, state: XPosState, batch: int):
+        """(rot_q, rot_k), each (1 | B, heads, p + N, head_dim / 2) complex: rotation times xPos scale."""
+        pos = state.positions
+        coords = pos.coords(batch)  # (b, N, rank)
+        b, n, rank = coords.shape
+        angles = rope_axial_angles(coords.reshape(-1, rank), state.freqs).reshape(b, n, -1)  # (b, N, P)
+        centre = torch.tensor([(e - 1) / 2 * s for e, s in zip(pos.extents, pos.scale or (1.,) * rank)],
+                              device=coords.device)
+        centred = rope_axial_angles((coords - centre).reshape(-1, rank), torch.ones_like(state.freqs))
+        log_scale = centred.reshape(b, 1, n, -1) * state.log_decay[:, None]  # (b, heads, N, P)
+        pad = (0, 0, state.num_prefix, 0)  # prefix tokens: angle 0, scale 1
+        angles, log_scale = F.pad(angles, pad)[:, None], F.pad(log_scale, pad)
+        return torch.polar(log_scale.exp(), angles), torch.polar((-log_scale).exp(), angles)
+
+    def qk(self, q, k, ctx, layer):
+        state = ctx.state
+        batch = q.shape[0] if state.positions.factor else 1
+        rot = state._made.get(batch)
+        if rot is None:
+            rot = state._made[batch] = self.rotations(state, batch)
+        return rotate_pairs(q, rot[0]), rotate_pairs(k, rot[1])
