@@ -116,6 +116,9 @@ class IRPE(PositionalEncoding):
             DeiT-iRPE models do (zoo: ``vitpe_*_patch16_irpe_ape_224``); off in ``irpe`` alone.
         antialias: how that table is resampled (True: timm's ``resample_abs_pos_embed``, as every vitpe table;
             False: plain bicubic, as the DeiT code the official models were fine-tuned with).
+        contextual_scale: 'sqrt_d' (default: the paper's and the authors' (x / sqrt(d)) . T) or 'none' (x . T),
+            not the paper's: an option for studies, in which the zero-initialised contextual tables move the
+            logits sqrt(d) times faster at equal update sizes (the paper's form is slow to leave chance there).
     """
     name = 'irpe'
     hooks = frozenset({'tokens', 'bias', 'value'})
@@ -125,13 +128,16 @@ class IRPE(PositionalEncoding):
     cache_tokens: int = 1024
 
     def __init__(self, *, mode: str = 'contextual', method: str = 'product', on: str = 'k',
-                 shared_head: bool = True, ratio: float = 1.9, ape: bool = False, antialias: bool = True, **common):
+                 shared_head: bool = True, ratio: float = 1.9, ape: bool = False, antialias: bool = True,
+                 contextual_scale: str = 'sqrt_d', **common):
         super().__init__(**common)
         check_choice(self.name, 'mode', mode, IRPE_MODES)
         check_choice(self.name, 'method', method, IRPE_METHODS)
         check_choice(self.name, 'on', on, IRPE_TARGETS)
         check_positive(self.name, 'ratio', ratio)
         check_bool(self.name, 'ape', ape)
+        check_choice(self.name, 'contextual_scale', contextual_scale, ('sqrt_d', 'none'))
+        self.contextual_scale = contextual_scale
         if mode == 'bias' and 'v' in on:
             raise ValueError(f"irpe: invalid on={on!r} with mode='bias'; encodings on values need mode='contextual'")
         self.mode, self.method, self.on, self.shared_head = mode, method, on, shared_head
@@ -212,7 +218,7 @@ class IRPE(PositionalEncoding):
         return out
 
     def bias(self, q, k, ctx, layer, rows=slice(None)):
-        scale = self.head_dim ** -0.5
+        scale = self.head_dim ** -0.5 if self.contextual_scale == 'sqrt_d' else 1.0
         out = None
         if 'k' in self.on:  # logits_ij += q_i . T[bucket_ij]
             out = self._encode(q, self.k_table[layer], self.bucket_ids(ctx.grid, rows, ctx.device), scale)
