@@ -58,21 +58,54 @@ def grid_coords(pe, shape: Tuple[int, ...], strategy: ResolutionStrategy, device
     return pe.cached(('coords', shape, scale, device), lambda: coord_grid(shape, device=device, scale=scale))
 
 
+def axis_split(pairs: int, rank: int, split: Optional[Sequence[int]] = None, what: str = '') -> Tuple[int, ...]:
+    """How many frequencies (channel pairs) each axis gets, in grid order ((T,) H, W), out of ``pairs``.
+
+    ``split`` given: checked (positive integers summing to ``pairs``). Default: an even split; where ``pairs`` is
+    not a multiple of the rank (3D with head_dim 64: 32 pairs), each spatial axis gets ceil(pairs / rank) and
+    time the rest (11, 11 and 10 of 32), so T = 1 leaves the fewest channels unused. ``what`` names the caller
+    in errors, e.g. 'rope_axial: head_dim=20'."""
+    if split is not None:
+        split = (split,) if isinstance(split, int) else tuple(split)
+        if len(split) != rank or any(isinstance(n, bool) or not isinstance(n, int) or n <= 0 for n in split) \
+                or sum(split) != pairs:
+            raise ValueError(f"{what}: invalid split={split!r}; expected {rank} positive integers (frequencies per "
+                             f"axis, grid order) summing to {pairs}")
+        return split
+    if pairs % rank == 0:
+        return (pairs // rank,) * rank
+    if rank == 2 or pairs < rank:
+        raise ValueError(f"{what} must be divisible by {2 * rank} for a rank-{rank} grid (or pass split=)")
+    spatial = -(-pairs // rank)
+    return (pairs - spatial * (rank - 1),) + (spatial,) * (rank - 1)
+
+
+def axial_ladder(split: Sequence[int], theta: float, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(freqs (P,), axis (P,)): per axis a (grid order) a ladder 1 / theta^(k / n_a), k < n_a, laid out last
+    axis first (the column's frequencies first, as MAE and timm's RoPE for 2D); ``axis`` is each one's axis."""
+    freqs, axis = [], []
+    for a in reversed(range(len(split))):
+        n = split[a]
+        freqs.append(1. / theta ** (torch.arange(n, device=device, dtype=torch.float32) / n))
+        axis.append(torch.full((n,), a, device=device, dtype=torch.long))
+    return torch.cat(freqs), torch.cat(axis)
+
+
 def sincos_embed(shape: Sequence[int], dim: int, temperature: float = 10000., device=None,
-                 scale: Optional[Sequence[float]] = None) -> torch.Tensor:
+                 scale: Optional[Sequence[float]] = None, split: Optional[Sequence[int]] = None) -> torch.Tensor:
     """MAE-style fixed sin-cos embedding, (prod(shape), dim).
 
-    The width is split evenly over the axes, last axis first (MAE puts the column first for 2D);
-    each part is [sin(p * w_k), cos(p * w_k)], w_k = 1 / temperature^(k / (part / 2))."""
+    The width is split over the axes (``axis_split``: evenly by default), last axis first (MAE puts the column
+    first for 2D); the part of axis a is [sin(p * w_k), cos(p * w_k)], w_k = 1 / temperature^(k / n_a), k < n_a."""
     rank = len(shape)
-    part = dim // rank
-    if part % 2 or part * rank != dim:
+    if dim % 2:
         raise ValueError(f"sincos: dim={dim} must split into {rank} even parts (one per axis)")
+    split = axis_split(dim // 2, rank, split, f"sincos: dim={dim}")
     coords = coord_grid(shape, device=device, scale=scale)
-    omega = 1. / temperature ** (torch.arange(part // 2, device=device, dtype=torch.float32) / (part / 2.))
+    omega, axis = axial_ladder(split, temperature, device)
     embs = []
     for a in reversed(range(rank)):
-        ang = coords[:, a:a + 1] * omega
+        ang = coords[:, a:a + 1] * omega[axis == a]
         embs += [ang.sin(), ang.cos()]
     return torch.cat(embs, dim=1)
 
