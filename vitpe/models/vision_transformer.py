@@ -16,6 +16,7 @@ from timm.models._features import feature_take_indices
 
 from ..layers import Block, PatchEmbed
 from ..layers.patch_embed import clip_size, to_tuple
+from . import inflate
 from ..pe import Grid, PosContext, create_pos_encoding
 from ..pe.strategy import (NO_STRATEGY, MovedStrategyAttribute, ResolutionStrategy, attention_logit_scale,
                            current_strategy)
@@ -108,6 +109,7 @@ class VisionTransformer(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
+        self._register_load_state_dict_pre_hook(inflate.load_pre_hook, with_module=True)  # image ckpt -> video
 
     # ------------------------------------------------------------------------------------------ setup
     def init_weights(self) -> None:

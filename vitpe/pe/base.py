@@ -291,6 +291,21 @@ class PositionalEncoding(nn.Module):
             if mod is not self and hasattr(mod, 'resize_state_dict'):
                 mod.resize_state_dict(state_dict, prefix + (name + '.' if name else ''), self.grid_size)
 
+    def inflate_state_dict(self, state_dict: Dict[str, torch.Tensor], prefix: str, mode: str = 'central') -> None:
+        """Make this scheme's entries of a 2D checkpoint (keys under ``prefix``) those of this scheme on a (T, H, W)
+        grid, in place (an image checkpoint loaded into a video model, ``vitpe.models.inflate``). The default: a
+        learned table over the whole grid gets a time axis (the 2D table on each reference frame), a 3D
+        convolution kernel gets one as the patch kernel does (``common.inflate_kernel``, by ``mode``). Schemes
+        with other parameters extend it."""
+        from .common import LearnedTable, inflate_kernel
+        for name, mod in self.named_modules():
+            key = prefix + (name + '.' if name else '') + 'weight'
+            w = state_dict.get(key)
+            if isinstance(mod, LearnedTable) and mod.axes is None and w is not None and w.ndim == 4:
+                state_dict[key] = w.unsqueeze(1).repeat(1, self.grid_size[0], 1, 1, 1)
+            elif isinstance(mod, nn.Conv3d) and w is not None and w.ndim == 4:
+                state_dict[key] = inflate_kernel(w, mod.kernel_size[0], mode)
+
     def set_grid_size(self, grid_size: Sequence[int]) -> None:
         """Make ``grid_size`` the reference grid, resampling learned tables in place."""
         grid_size = tuple(int(s) for s in grid_size)

@@ -92,6 +92,13 @@ class DecomposedRelPos(PositionalEncoding):
         lengths = [self.tables._parameters[str(a)].shape[1] for a in range(len(shape))]  # ints, also when tracing
         return grid_bias(rows, ctx.grid, (b, h), add_patch_part, 0., dtype=q.dtype, device=ctx.device)
 
+    def inflate_state_dict(self, state_dict, prefix, mode='central'):
+        """2D tables (h, w) become tables 1 and 2; the temporal table 0 starts at zero (no bias along time)."""
+        if f'{prefix}tables.2' not in state_dict and f'{prefix}tables.1' in state_dict:
+            state_dict[f'{prefix}tables.2'] = state_dict[f'{prefix}tables.1']
+            state_dict[f'{prefix}tables.1'] = state_dict[f'{prefix}tables.0']
+            state_dict[f'{prefix}tables.0'] = torch.zeros_like(self.tables[0])
+
     def resize_state_dict(self, state_dict, prefix):
         for a, size in enumerate(self.grid_size):
             key = f'{prefix}tables.{a}'

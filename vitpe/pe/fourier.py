@@ -70,6 +70,16 @@ class FourierPE(PositionalEncoding):
             nn.Conv1d(sets * num_features, sets * hidden_dim, 1, groups=sets), nn.GELU(),
             nn.Conv1d(sets * hidden_dim, self.dim, 1, groups=sets))
 
+    def inflate_state_dict(self, state_dict, prefix, mode='central'):
+        """2D W_r (columns r, c) gets a t column of zeros (the 2D features on every frame); the coordinate unit
+        gets the reference frames."""
+        super().inflate_state_dict(state_dict, prefix, mode)
+        f, unit = state_dict.get(prefix + 'freqs'), state_dict.get(prefix + 'coord_unit')
+        if f is not None and f.shape[-1] == 2:
+            state_dict[prefix + 'freqs'] = torch.cat([torch.zeros_like(f[..., :1]), f], -1)
+        if unit is not None and unit.numel() == 2:
+            state_dict[prefix + 'coord_unit'] = torch.cat([unit.new_tensor([self.grid_size[0]]), unit])
+
     def fourier_terms(self, coords: torch.Tensor) -> torch.Tensor:
         """r of Eq. 2 for (N, M) coordinates, (S, F, N), in float32 whatever the autocast dtype (positions times
         frequencies lose their fractional part in bf16)."""

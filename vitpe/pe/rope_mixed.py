@@ -46,6 +46,13 @@ class RoPEMixed(RotaryPE):
                                 self.split)
         self.freqs = nn.Parameter(freqs)
 
+    def inflate_state_dict(self, state_dict, prefix, mode='central'):
+        """2D frequencies (x, y rows) get a t row f_t = 0: the 2D rotation on every frame, time learned from there."""
+        super().inflate_state_dict(state_dict, prefix, mode)
+        f = state_dict.get(prefix + 'freqs')
+        if f is not None and f.shape[0] == 2:
+            state_dict[prefix + 'freqs'] = torch.cat([f, torch.zeros_like(f[:1])])
+
     def no_weight_decay(self):
         return {'freqs'}
 
