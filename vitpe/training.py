@@ -38,7 +38,7 @@ from timm.utils import ModelEmaV3
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import create_model, load_checkpoint, rng_state, save_checkpoints, set_rng_state
 from .config import TrainConfig, parse_config
-from .data import build_dataset, collate_skip_none
+from .data import build_dataset, collate_skip_none, data_size, with_frames
 from .errors import CheckpointError, TrainingError
 from .eval.loop import evaluate
 
@@ -160,8 +160,8 @@ def build_data(cfg: TrainConfig, rank: int, world: int) -> Dict[str, Any]:
     """Datasets, samplers and loaders (each process loads batch_size / world samples per step)."""
     if cfg.batch_size % world:
         raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes")
-    train_set = build_dataset(cfg.data, cfg.img_size, 'train', cfg.train_samples, seed=cfg.seed)
-    val_set = build_dataset(cfg.data, cfg.img_size, 'val', cfg.val_samples, seed=cfg.seed)
+    train_set = build_dataset(cfg.data, data_size(cfg), 'train', cfg.train_samples, seed=cfg.seed)
+    val_set = build_dataset(cfg.data, data_size(cfg), 'val', cfg.val_samples, seed=cfg.seed)
     per_proc_batch = cfg.batch_size // world
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
                                  drop_last=True)
@@ -235,6 +235,7 @@ def prepare(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> Ru
     if resume is not None:
         cfg = cfg.replace(img_size=resume['img_size'])
     model_kwargs = dict(source['model_kwargs']) if source and not cfg.model_kwargs else dict(cfg.model_kwargs)
+    cfg = with_frames(cfg, cfg.model or source['model_name'], model_kwargs)  # video: clips of the model's frames
     seed_everything(cfg.seed)
     run = Run(cfg, rank, world, device, model_name=cfg.model or source['model_name'], model_kwargs=model_kwargs,
               **build_data(cfg, rank, world))

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 from torchvision import datasets, transforms
 
+from .clips import build_clip_dataset
 from .synthetic import SyntheticShapes, TASKS
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -61,8 +62,11 @@ def folder_transform(img_size: Tuple[int, int], train: bool):
 
 def build_dataset(spec: str, img_size, split: str, num_samples: Optional[int] = None, seed: int = 0) -> Dataset:
     """``synthetic:<task>`` (built-in scenes) or a path to an ImageFolder tree (``<path>/train`` and
-    ``<path>/val`` if present, else ``<path>`` itself for both)."""
+    ``<path>/val`` if present, else ``<path>`` itself for both); with a clip size (T, H, W) or ``clips:<task>``,
+    clips (``clips.build_clip_dataset``)."""
     size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    if len(size) == 3 or spec.startswith('clips'):
+        return build_clip_dataset(spec, size, split, num_samples, seed)
     if spec.startswith('synthetic'):
         task = spec.partition(':')[2] or 'position'
         if task not in TASKS:
