@@ -111,8 +111,8 @@ def test_a_subclass_of_a_registered_scheme_does_not_take_its_models():
     class Clash(AbsolutePE):
         name = 'ape_clash'
         zoo = (ZooEntry('ape', sizes=('micro',)),)
-    with pytest.raises(ValueError, match=r"zoo models \['vitpe_micro_patch16_ape_64', 'vitpe_micro_patch16_ape_video_8x64'\] are already "
-                                         r"registered"):
+    with pytest.raises(ValueError, match=r"zoo models \['vitpe_micro_patch16_ape_64', "
+                                         r"'vitpe_micro_patch16_ape_video_8x64'\] are already registered"):
         register_pos_encoding(Clash)
     assert 'ape_clash' not in vitpe.list_pos_encodings() and owner == 'ape'
     assert timm.create_model('vitpe_micro_patch16_ape_64').pos_enc.name == 'ape'

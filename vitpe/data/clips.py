@@ -28,7 +28,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
-from .synthetic import COLOURS, KINDS, MEAN, STD, Scene, Shape, render
+from .synthetic import COLOURS, KINDS, MEAN, STD, Scene, Shape, builtin_dataset, render
 
 CLIP_TASKS = {'direction': ('left', 'right', 'up', 'down'), 'kind': KINDS}
 DIRECTIONS = ((-1., 0.), (1., 0.), (0., -1.), (0., 1.))  # unit square, y down: left, right, up, down
@@ -177,9 +177,6 @@ class FrameFolder(Dataset):
         return (torch.stack(frames, dim=1) - self.mean) / self.std, label
 
 
-_SYNTHETIC = {}
-
-
 def build_clip_dataset(spec: str, size: Sequence[int], split: str, num_samples=None, seed: int = 0) -> Dataset:
     """``clips:<task>`` (built-in clips) or a folder of frames (``<path>/train`` and ``<path>/val`` if present,
     else ``<path>`` for both) at ``size`` = (T, H, W)."""
@@ -187,15 +184,8 @@ def build_clip_dataset(spec: str, size: Sequence[int], split: str, num_samples=N
         raise ValueError(f"clip data ({spec!r}) needs a clip size (frames, height, width), got {tuple(size)}: "
                          f"train a video model (num_frames)")
     if spec.startswith('clips'):
-        task = spec.partition(':')[2] or 'direction'
-        if task not in CLIP_TASKS:
-            raise ValueError(f"unknown clip task {task!r} in --data {spec!r}; expected one of "
-                             f"{['clips:' + t for t in CLIP_TASKS]}")
-        default = 4096 if split == 'train' else 512
-        key = (task, tuple(size), num_samples or default, split, seed)
-        if key not in _SYNTHETIC:  # one rendered copy per process
-            _SYNTHETIC[key] = SyntheticClips(task, size[0], size[1:], num_samples or default, split=split, seed=seed)
-        return _SYNTHETIC[key]
+        return builtin_dataset(spec, CLIP_TASKS, size, split, num_samples, seed,
+                               lambda task, n: SyntheticClips(task, size[0], size[1:], n, split=split, seed=seed))
     sub = os.path.join(spec, 'train' if split == 'train' else 'val')
     ds = FrameFolder(sub if os.path.isdir(sub) else spec, size[0], size[1:])
     if num_samples:

@@ -11,10 +11,9 @@ from torch.utils.data import Dataset, default_collate
 from torchvision import datasets, transforms
 
 from .clips import build_clip_dataset
-from .synthetic import SyntheticShapes, TASKS
+from .synthetic import SyntheticShapes, TASKS, builtin_dataset
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-_SYNTHETIC = {}
 
 
 class RobustImageFolder(datasets.ImageFolder):
@@ -68,15 +67,8 @@ def build_dataset(spec: str, img_size, split: str, num_samples: Optional[int] = 
     if len(size) == 3 or spec.startswith('clips'):
         return build_clip_dataset(spec, size, split, num_samples, seed)
     if spec.startswith('synthetic'):
-        task = spec.partition(':')[2] or 'position'
-        if task not in TASKS:
-            raise ValueError(f"unknown synthetic task {task!r} in --data {spec!r}; expected one of "
-                             f"{['synthetic:' + t for t in TASKS]}")
-        default = 4096 if split == 'train' else 512
-        key = (task, size, num_samples or default, split, seed)
-        if key not in _SYNTHETIC:  # one rendered copy per process, shared by every run that asks for it
-            _SYNTHETIC[key] = SyntheticShapes(task, size, num_samples or default, split=split, seed=seed)
-        return _SYNTHETIC[key]
+        return builtin_dataset(spec, TASKS, size, split, num_samples, seed,
+                               lambda task, n: SyntheticShapes(task, size, n, split=split, seed=seed))
     sub = os.path.join(spec, 'train' if split == 'train' else 'val')
     root = sub if os.path.isdir(sub) else spec
     ds = RobustImageFolder(root, transform=folder_transform(size, split == 'train'))

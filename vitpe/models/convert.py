@@ -62,7 +62,7 @@ def checkpoint_filter_fn(state_dict: Sd, model: nn.Module) -> Sd:
     is checked against the model (``check_trunk``)."""
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ValueError("not a state dict of tensors: expected a vitpe or timm checkpoint")
-    state_dict = inflate_state_dict(dict(state_dict), model)  # an image checkpoint for a video model; the reverse refused
+    state_dict = inflate_state_dict(dict(state_dict), model)  # image checkpoint -> video model; the reverse refused
     tag = (getattr(model, 'pretrained_cfg', None) or {}).get('tag')
     if 'pos_enc.scheme' in state_dict:
         return check_trunk(state_dict, model)

@@ -160,7 +160,8 @@ class VisionTransformer(nn.Module):
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def set_input_size(self, img_size: Optional[Union[int, Sequence[int]]] = None,
-                       patch_size: Optional[Union[int, Sequence[int]]] = None, num_frames: Optional[int] = None) -> None:
+                       patch_size: Optional[Union[int, Sequence[int]]] = None,
+                       num_frames: Optional[int] = None) -> None:
         """Make ``img_size`` (video: the frame size, or (T, H, W)) and ``num_frames`` (video) the reference size:
         learned tables are resampled to its grid (a new ``patch_size`` resamples the patch projection, timm
         ``resample_patch_embed``, 2D only)."""

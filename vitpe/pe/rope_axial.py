@@ -57,7 +57,8 @@ class RoPEAxial(RotaryPE):
             angles = grid_coords(self, grid.shape, strategy, device)[:, axis] * self.scale_freqs(
                 self.freqs.to(device), grid, strategy, axis)  # (N, P): coordinate of the pair's axis x frequency
             return self.with_prefix(angles, grid.num_prefix)
-        return RotationState(self.cached(('rotation', grid.shape, grid.num_prefix, strategy.positions, strategy.temporal, device), build))
+        key = ('rotation', grid.shape, grid.num_prefix, strategy.positions, strategy.temporal, device)
+        return RotationState(self.cached(key, build))
 
     def qk(self, q, k, ctx: PosContext, layer: int):
         rot = ctx.state.rot
