@@ -16,6 +16,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..pe.registry import on_register
+from ..layers.patch_embed import clip_size
 from .convert import SOURCES, check_pretrained_file, checkpoint_filter_fn
 from .vision_transformer import VisionTransformer
 
@@ -42,13 +43,15 @@ def model_args(size: str, kind: str = 'image', **scheme) -> Dict[str, Any]:
     return dict(TRUNK, **SIZES[size], **(VIDEO if kind == 'video' else {}), **scheme)
 
 
-def clip_cfg(model: VisionTransformer) -> Dict[str, Any]:
-    """What a video model adds to its ``pretrained_cfg`` (timm's ``input_size`` is one frame, (C, H, W), as timm's
-    data pipeline transforms frames): ``num_frames`` and ``clip_size`` (C, T, H, W). Nothing for an image model."""
-    embed = model.patch_embed
-    if embed.rank != 3:
+def clip_cfg(args: Dict[str, Any]) -> Dict[str, Any]:
+    """What a video model (of constructor ``args``) adds to its ``pretrained_cfg`` (timm's ``input_size`` is one
+    frame, (C, H, W), as timm's data pipeline transforms frames): ``num_frames`` and ``clip_size`` (C, T, H, W).
+    Nothing for an image model."""
+    patch = args.get('patch_size', 16)
+    if isinstance(patch, int) or len(tuple(patch)) != 3:
         return {}
-    return {'num_frames': embed.img_size[0], 'clip_size': (embed.in_chans, *embed.img_size)}
+    size = clip_size(args.get('img_size', 224), args.get('num_frames'), 3)
+    return {'num_frames': size[0], 'clip_size': (args.get('in_chans', 3), *size)}
 
 
 def _cfg(args: Dict[str, Any]) -> Dict[str, Any]:
@@ -72,7 +75,7 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> VisionTransform
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs)
     if isinstance(getattr(model, 'pretrained_cfg', None), dict):
-        model.pretrained_cfg.update(clip_cfg(model.model if kwargs.get('features_only') else model))
+        model.pretrained_cfg.update(clip_cfg(kwargs))
     return model
 
 

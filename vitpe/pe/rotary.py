@@ -162,8 +162,10 @@ class RotaryPE(PositionalEncoding):
         with s = T_test / T_ref: 'ntk_t' is ``ntk_scaled`` with d = 2 n_t, 'riflex' is ``riflex_scaled``
         ('pi_t' scales the t coordinate instead, in ``grid_coords``)."""
         temporal = strategy.temporal if self.rank == 3 else 'none'
-        if axis is None:
-            axis = (self.rank - 1 - torch.arange(self.rank, device=freqs.device)).view(-1, *[1] * (freqs.ndim - 1))
+        if strategy.positions not in ('ntk', 'yarn') and temporal not in ('ntk_t', 'riflex'):
+            return freqs  # (untouched: under FX tracing ``freqs`` is a proxy)
+        if axis is None:  # rope_mixed's (rank, depth | 1, heads, P)
+            axis = (self.rank - 1 - torch.arange(self.rank, device=self.default_device())).view(-1, 1, 1, 1)
         is_t = axis == 0
         out = freqs
         if strategy.positions in ('ntk', 'yarn'):
