@@ -135,3 +135,22 @@ def test_tiny_video_study(tmp_path, tool, capsys):
     rows = {line.split('|')[1].strip() + '/' + line.split('|')[3].strip() for line in table.splitlines()[2:]}
     assert {'none/none', 'rope_axial/none', 'rope_axial/riflex', 'rope_axial/ntk_t', 'rope_axial/pi_t'} <= rows
     assert all(line.count('*') == 1 for line in table.splitlines()[2:])  # the training clip: 4 frames
+
+
+def test_fine_tune_an_image_checkpoint_on_clips(tmp_path, tool):
+    """--initial-checkpoint of an image run starts a video run: the checkpoint is inflated on load."""
+    import timm
+    image = timm.create_model('vitpe_micro_patch16_rope_mixed_64', num_classes=4, depth=1)
+    path = tmp_path / 'image.pth'
+    torch.save({'format': 'vitpe-train-2', 'model': image.state_dict(), 'model_name': 'vitpe_micro_patch16_rope_mixed_64',
+                'model_kwargs': {'depth': 1}, 'img_size': 64, 'num_classes': 4}, path)
+    out = tmp_path / 'video'
+    assert tool('train').main(['--initial-checkpoint', str(path), '--model', 'vitpe_micro_patch16_rope_mixed_video_8x64',
+                               '--data', 'clips:direction', '--img-size', '32', '--num-frames', '4', '--epochs', '1',
+                               '--train-samples', '16', '--val-samples', '8', '--batch-size', '8', '--lr', '1e-9',
+                               '--warmup-steps', '1', '--output', str(out), '--quiet']) == 0
+    video = torch.load(out / 'last.pth', weights_only=True)['model']
+    assert video['pos_enc.freqs'].shape == (3, 1, 4, 16) and video['patch_embed.proj.weight'].shape[2] == 2
+    kernel = video['patch_embed.proj.weight']  # central-frame inflation, then two updates of lr at most 1e-5
+    torch.testing.assert_close(kernel[:, :, 1], image.patch_embed.proj.weight.detach(), atol=1e-4, rtol=0)
+    assert kernel[:, :, 0].abs().max() < 1e-4 < image.patch_embed.proj.weight.abs().max()

@@ -70,6 +70,15 @@ def test_features_only_gives_clip_maps():
     assert [f.shape for f in fx(torch.randn(1, 3, 8, 64, 64))] == [(1, 65, 128)]  # timm's FX graph: tokens
 
 
+@pytest.mark.parametrize('name', [n for n in VIDEO if not n.startswith('vitpe_micro_')])
+def test_every_video_model_of_224_builds_at_its_clip(name):
+    """Built on the meta device (no weights drawn): the 8 x 224 clip, a 4 x 14 x 14 grid, timm's cfg entries."""
+    with torch.device('meta'):
+        model = timm.create_model(name)
+    assert model.patch_embed.patch_size == (2, 16, 16) and model.pos_enc.grid_size == (4, 14, 14)
+    assert model.pretrained_cfg['clip_size'] == (3, 8, 224, 224) and model.pretrained_cfg['input_size'] == (3, 224, 224)
+
+
 def test_larger_video_models_build_and_run():
     model = timm.create_model('vitpe_tiny_patch16_rope_axial_video_8x224', num_classes=3, depth=2)
     assert model.pos_enc.grid_size == (4, 14, 14) and model.pos_enc.split == (10, 11, 11)  # 32 pairs over t, h, w

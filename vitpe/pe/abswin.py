@@ -20,6 +20,9 @@ class AbsWinPE(PositionalEncoding):
     size and is tiled (cropped where the grid is not a multiple of the window), so it stays aligned with a
     fixed window size.
 
+    3D (T, H, W): G over (T, H, W) and a (w_t, w_h, w_w) window tiled along all three axes; a 2D checkpoint
+    inflates to a one-frame window (``inflate_state_dict``), so a clip of one frame gives the 2D output.
+
     Options:
         window_size: size of the tiled window table (default 7 per axis, capped at the reference grid; a
             checkpoint loads with its own window size).

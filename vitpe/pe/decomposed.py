@@ -63,7 +63,11 @@ def decomposed_bias(q: torch.Tensor, tables, shape, rows: Optional[torch.Tensor]
 
 @register_pos_encoding
 class DecomposedRelPos(PositionalEncoding):
-    """Options: zero_init (tables start at zero, as SAM; False draws them from N(0, 0.02))."""
+    """Options: zero_init (tables start at zero, as SAM; False draws them from N(0, 0.02)).
+
+    3D (T, H, W): a temporal table R_t (2 T - 1, d) next to R_h and R_w. At T = 1 its one row adds <q_i, R_t[0]>
+    to every key of query i, which softmax ignores: the same output as the 2D form (a 2D checkpoint inflates it
+    to zero)."""
     name = 'decomposed'
     hooks = frozenset({'bias'})
 

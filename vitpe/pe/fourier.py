@@ -33,6 +33,9 @@ class FourierPE(PositionalEncoding):
     Coordinates are patch indices divided by the training grid (``coord_unit``: the training grid spans
     [0, 1)), so a larger grid extends the coordinates instead of squeezing them (position interpolation does).
 
+    3D (T, H, W): M = 3, coordinates (t / T, r / H, c / W). At T = 1 (t = 0) the t column of W_r drops out:
+    the 2D form on the same W_r columns (tested, through a 2D checkpoint, whose W_r gets a zero t column).
+
     Options: num_features F (64), hidden_dim (32), gamma (1.0), feature_sets S (1; ``groups`` is its old,
     deprecated name).
     """
