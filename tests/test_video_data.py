@@ -74,7 +74,7 @@ def test_frame_folders(tmp_path):
     with pytest.raises(ValueError, match=r"clip data \('clips:direction'\) needs a clip size \(frames, height, "
                                          r"width\), got \(32, 32\)"):
         build_dataset('clips:direction', 32, 'train')
-    with pytest.raises(ValueError, match="holds no clips"):
+    with pytest.raises(ValueError, match="holds no clips: expected root/class/clip/<frames>.png"):
         build_dataset(str(tmp_path / 'train' / 'a'), (4, 8, 8), 'val')
 
 
@@ -154,3 +154,22 @@ def test_fine_tune_an_image_checkpoint_on_clips(tmp_path, tool):
     kernel = video['patch_embed.proj.weight']  # central-frame inflation, then two updates of lr at most 1e-5
     torch.testing.assert_close(kernel[:, :, 1], image.patch_embed.proj.weight.detach(), atol=1e-4, rtol=0)
     assert kernel[:, :, 0].abs().max() < 1e-4 < image.patch_embed.proj.weight.abs().max()
+
+
+def test_video_files_through_pyav(tmp_path):
+    av = pytest.importorskip('av')
+    for cls in ('a', 'b'):
+        (tmp_path / cls).mkdir()
+        with av.open(str(tmp_path / cls / 'clip.mkv'), 'w') as out:
+            stream = out.add_stream('ffv1', rate=10)
+            stream.width, stream.height, stream.pix_fmt = 16, 12, 'yuv444p'
+            for k in range(10):  # frame k is a flat grey of value 20 k
+                frame = av.VideoFrame.from_ndarray(np.full((12, 16, 3), 20 * k, np.uint8), format='rgb24')
+                out.mux(stream.encode(frame))
+            out.mux(stream.encode())
+    ds = build_dataset(str(tmp_path), (4, 8, 8), 'val')
+    assert type(ds).__name__ == 'VideoFolder' and ds.classes == ['a', 'b'] and len(ds) == 2
+    x, y = ds[1]
+    assert x.shape == (3, 4, 8, 8) and y == 1
+    grey = (x[0, :, 0, 0] * 0.229 + 0.485) * 255  # frames 1, 3, 6, 8 of 10, as for folders of frames
+    torch.testing.assert_close(grey, torch.tensor([20., 60., 120., 160.]), atol=3, rtol=0)

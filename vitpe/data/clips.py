@@ -13,7 +13,8 @@ Tasks (labels):
   position nor order plays a part).
 
 Folders of frames: ``root/[train|val]/class/clip/*.png|jpg`` (one folder of images per clip, frames in name
-order), sampled to T frames evenly over the clip.
+order), or of video files ``root/[train|val]/class/*.mp4`` (decoded with PyAV, an optional extra), sampled to T
+frames evenly over the clip.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from .synthetic import COLOURS, KINDS, MEAN, STD, Scene, Shape, builtin_dataset,
 CLIP_TASKS = {'direction': ('left', 'right', 'up', 'down'), 'kind': KINDS}
 DIRECTIONS = ((-1., 0.), (1., 0.), (0., -1.), (0., 1.))  # unit square, y down: left, right, up, down
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
+VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.mov', '.webm')
 
 
 @dataclass
@@ -147,34 +149,62 @@ class FrameFolder(Dataset):
     """Clips stored as folders of frames: ``root/class/clip/*.{png,jpg,...}``, frames in name order. Each item:
     ``num_frames`` frames sampled evenly over the clip (frame k of T at position (k + 0.5) / T of the clip, as
     the synthetic clips), resized to ``img_size``, normalised with ImageNet's mean and std: (3, T, H, W)."""
+    layout = 'root/class/clip/<frames>.png'
 
     def __init__(self, root: str, num_frames: int, img_size, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
         if not os.path.isdir(root):
-            raise ValueError(f"frame folder {root!r} does not exist or is not a directory")
+            raise ValueError(f"clip folder {root!r} does not exist or is not a directory")
         self.classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-        self.samples = []
-        for label, cls in enumerate(self.classes):
-            for clip in sorted(os.listdir(os.path.join(root, cls))):
-                path = os.path.join(root, cls, clip)
-                frames = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS)) \
-                    if os.path.isdir(path) else []
-                if frames:
-                    self.samples.append(([os.path.join(path, f) for f in frames], label))
+        self.samples = [(clip, label) for label, cls in enumerate(self.classes)
+                        for clip in self.clips(os.path.join(root, cls))]
         if not self.samples:
-            raise ValueError(f"frame folder {root!r} holds no clips: expected root/class/clip/<frames>.png")
+            raise ValueError(f"clip folder {root!r} holds no clips: expected {self.layout}")
         self.num_frames = int(num_frames)
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.mean, self.std = torch.tensor(mean)[:, None, None, None], torch.tensor(std)[:, None, None, None]
+
+    @staticmethod
+    def clips(folder: str) -> List:
+        """The clips of one class folder: for each clip folder, its frame paths in name order."""
+        out = []
+        for clip in sorted(os.listdir(folder)):
+            path = os.path.join(folder, clip)
+            frames = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS)) \
+                if os.path.isdir(path) else []
+            if frames:
+                out.append([os.path.join(path, f) for f in frames])
+        return out
+
+    def frames(self, clip) -> List[Image.Image]:
+        return [Image.open(p) for p in clip]
 
     def __len__(self):
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        paths, label = self.samples[index]
-        picks = [paths[min(int(t * len(paths)), len(paths) - 1)] for t in frame_times(self.num_frames)]
-        frames = [TF.to_tensor(TF.resize(Image.open(p).convert('RGB'), list(self.img_size), antialias=True))
-                  for p in picks]
-        return (torch.stack(frames, dim=1) - self.mean) / self.std, label
+        clip, label = self.samples[index]
+        frames = self.frames(clip)
+        picks = [frames[min(int(t * len(frames)), len(frames) - 1)] for t in frame_times(self.num_frames)]
+        picks = [TF.to_tensor(TF.resize(f.convert('RGB'), list(self.img_size), antialias=True)) for f in picks]
+        return (torch.stack(picks, dim=1) - self.mean) / self.std, label
+
+
+class VideoFolder(FrameFolder):
+    """Clips stored as video files, ``root/class/*.{mp4,avi,mkv,mov,webm}``, decoded with PyAV (the optional
+    extra ``pip install vitpe[video]``; its wheel ships FFmpeg); frames sampled as ``FrameFolder``'s."""
+    layout = 'root/class/<clip>.mp4'
+
+    @staticmethod
+    def clips(folder: str) -> List:
+        return [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if f.lower().endswith(VIDEO_EXTENSIONS)]
+
+    def frames(self, clip) -> List[Image.Image]:
+        try:
+            import av
+        except ImportError:
+            raise ImportError("reading video files needs PyAV: pip install av (or vitpe[video])") from None
+        with av.open(clip) as container:
+            return [frame.to_image() for frame in container.decode(video=0)]
 
 
 def build_clip_dataset(spec: str, size: Sequence[int], split: str, num_samples=None, seed: int = 0) -> Dataset:
@@ -187,7 +217,10 @@ def build_clip_dataset(spec: str, size: Sequence[int], split: str, num_samples=N
         return builtin_dataset(spec, CLIP_TASKS, size, split, num_samples, seed,
                                lambda task, n: SyntheticClips(task, size[0], size[1:], n, split=split, seed=seed))
     sub = os.path.join(spec, 'train' if split == 'train' else 'val')
-    ds = FrameFolder(sub if os.path.isdir(sub) else spec, size[0], size[1:])
+    root = sub if os.path.isdir(sub) else spec
+    videos = os.path.isdir(root) and any(f.lower().endswith(VIDEO_EXTENSIONS) for _, _, files in os.walk(root)
+                                         for f in files)
+    ds = (VideoFolder if videos else FrameFolder)(root, size[0], size[1:])
     if num_samples:
         classes = ds.classes
         ds = torch.utils.data.Subset(ds, range(min(num_samples, len(ds))))
