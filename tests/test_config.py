@@ -16,10 +16,11 @@ OLD_DEFAULTS = {
     'cutmix': 0.0, 'model_ema': False, 'model_ema_decay': 0.998, 'amp': False, 'workers': 0, 'seed': 0,
     'output': 'runs/train', 'resume': None, 'initial_checkpoint': None, 'max_steps_per_epoch': None, 'quiet': False,
 }
+NEW_DEFAULTS = {'num_frames': None}  # options added since (video: issue 11)
 
 
 def test_defaults_are_the_old_ones_and_every_field_is_an_option():
-    assert TrainConfig().to_dict() == OLD_DEFAULTS
+    assert TrainConfig().to_dict() == {**OLD_DEFAULTS, **NEW_DEFAULTS}
     assert parse_config(['--model', 'm']) == TrainConfig(model='m')
     help_text = build_parser().format_help()
     for f in dataclasses.fields(TrainConfig):

@@ -103,10 +103,10 @@ def sincos_embed(shape: Sequence[int], dim: int, temperature: float = 10000., de
         raise ValueError(f"sincos: dim={dim} must split into {rank} even parts (one per axis)")
     split = axis_split(dim // 2, rank, split, f"sincos: dim={dim}")
     coords = coord_grid(shape, device=device, scale=scale)
-    omega, axis = axial_ladder(split, temperature, device)
     embs = []
     for a in reversed(range(rank)):
-        ang = coords[:, a:a + 1] * omega[axis == a]
+        omega = 1. / temperature ** (torch.arange(split[a], device=device, dtype=torch.float32) / split[a])
+        ang = coords[:, a:a + 1] * omega
         embs += [ang.sin(), ang.cos()]
     return torch.cat(embs, dim=1)
 
@@ -143,8 +143,9 @@ def resample_table(table: torch.Tensor, new_shape: Sequence[int], interpolation:
 
 
 def _interpolate(table: torch.Tensor, size, mode: str, antialias: bool) -> torch.Tensor:
-    """F.interpolate of a channels-last batch (B, *shape, C) to (B, *size, C), in float32."""
-    if tuple(table.shape[1:-1]) == tuple(size):
+    """F.interpolate of a channels-last batch (B, *shape, C) to (B, *size, C), in float32 (compiled: always, so
+    symbolic sizes are not compared)."""
+    if not torch.compiler.is_compiling() and tuple(table.shape[1:-1]) == tuple(size):
         return table
     kw = {'antialias': antialias} if mode in ('bicubic', 'bilinear') else {}
     x = F.interpolate(table.float().movedim(-1, 1), size=tuple(size), mode=mode, **kw)
