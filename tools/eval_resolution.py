@@ -1,12 +1,15 @@
 #!/usr/bin/env python
-"""Evaluate checkpoints at several resolutions with no fine-tuning; write results.csv, results.md and
-resolution.png (and with --diagnostics the attention entropy and distance per layer, diagnostics.png).
+"""Evaluate checkpoints at several resolutions (video: and frame counts) with no fine-tuning; write results.csv,
+results.md and resolution.png (a frame sweep: accuracy against frames), and with --diagnostics the attention
+entropy and distance per layer (diagnostics.png).
 
     python tools/eval_resolution.py --checkpoint runs/*/best.pth --resolutions 48 64 96 128 160 --output sweep/
     python tools/eval_resolution.py --checkpoint runs/rope/best.pth --resolutions 64 128 --strategy none pi ntk yarn pi+logit
     python tools/eval_resolution.py --checkpoint runs/ape/best.pth --resolutions 64 320 --diagnostics
     python tools/eval_resolution.py --checkpoint runs/deit_s/best.pth --data /data/imagenet --resolutions 160 224 320 \
         --protocol crop resize
+    python tools/eval_resolution.py --checkpoint runs/video/best.pth --resolutions 64 --frames 4 8 16 32 \
+        --strategy none pi_t ntk_t riflex
 
 Image folders: every resolution goes through the checkpoint's evaluation transform. Protocols: "crop" resizes the
 shorter side to res / crop_pct (the checkpoint's) and takes the centre res x res crop (DeiT, timm); "resize"
@@ -27,6 +30,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--checkpoint', nargs='+', required=True)
     p.add_argument('--resolutions', nargs='+', type=int, required=True)
+    p.add_argument('--frames', nargs='+', type=int, default=None,
+                   help="video checkpoints: frame counts to test (default: the training clip's)")
     p.add_argument('--strategy', nargs='+', default=['none'], metavar='STRATEGY',
                    help=f"one or more of {', '.join(STRATEGIES)}, combinations joined by + (pi+logit), or all")
     p.add_argument('--data', default=None, help="evaluation data (default: each checkpoint's training data)")
@@ -50,7 +55,7 @@ def main(argv=None):
                 labels = [f'{name} ({protocol})' for name in names]
             records += sweep(args.checkpoint, args.resolutions, args.strategy, data=args.data, samples=args.samples,
                              batch_size=args.batch_size, device=device, labels=labels, protocol=protocol,
-                             diagnostics=args.diagnostics)
+                             diagnostics=args.diagnostics, frames=args.frames)
     except (TrainingError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -14,7 +14,8 @@ The config (YAML): ``task`` (data of the main runs), ``model`` (a name with ``{s
 ``model_kwargs``, ``schemes`` (``all``: every registered scheme, ``vitpe.list_pos_encodings()``; or a
 list), ``controls`` (task: [schemes] trained on another task), ``train`` (``TrainConfig`` fields),
 ``resolutions``, ``eval_samples``, ``strategy_schemes`` (swept with every strategy that applies) and
-``seeds`` (a number n: seeds 0..n-1, default 3; or a list of seeds). ``results.csv`` keeps every seed's
+``seeds`` (a number n: seeds 0..n-1, default 3; or a list of seeds); video studies add ``frames`` (the frame
+counts to test; configs/study_video_direction_8x64.yaml). ``results.csv`` keeps every seed's
 numbers; ``summary.csv`` and the table give mean, standard deviation (ddof=1) and number of seeds per cell.
 """
 import argparse
@@ -36,7 +37,7 @@ from vitpe.eval.learning import learning_markdown, learning_record
 from vitpe.training import train
 
 REQUIRED = ('task', 'model', 'schemes', 'train', 'resolutions', 'eval_samples')
-OPTIONAL = ('model_kwargs', 'controls', 'strategy_schemes', 'seeds', 'diagnostics')
+OPTIONAL = ('model_kwargs', 'controls', 'strategy_schemes', 'seeds', 'diagnostics', 'frames')
 DEFAULT_SEEDS = 3
 
 
@@ -145,13 +146,15 @@ def evaluate_all(study: Dict[str, Any], runs: List[StudyRun]) -> list:
     labels = [r.name for r in runs]
     seeds = [r.seed for r in runs]
     diagnostics = bool(study.get('diagnostics', True))
+    frames = study.get('frames')  # video studies: the frame counts to test
     records = sweep(ckpts, study['resolutions'], ['none'], samples=study['eval_samples'], labels=labels, seeds=seeds,
-                    diagnostics=diagnostics)
+                    diagnostics=diagnostics, frames=frames)
     chosen = [(c, r) for c, r in zip(ckpts, runs)
               if r.scheme in (study.get('strategy_schemes') or []) and r.task == study['task']]
     if chosen:
         extra = sweep([c for c, _ in chosen], study['resolutions'], ['all'], samples=study['eval_samples'],
-                      labels=[r.name for _, r in chosen], seeds=[r.seed for _, r in chosen], diagnostics=diagnostics)
+                      labels=[r.name for _, r in chosen], seeds=[r.seed for _, r in chosen], diagnostics=diagnostics,
+                      frames=frames)
         records += [r for r in extra if r.strategy != 'none']
     return records
 

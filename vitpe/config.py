@@ -38,8 +38,10 @@ class TrainConfig:
                                   '(not needed with --initial-checkpoint or --resume, which name the model)')
     model_kwargs: Dict[str, Any] = option(help='extra model arguments: JSON (\'{"depth": 6}\') or timm-style '
                                           'key=value pairs (depth=6 patch_size=8)', factory=dict, nargs='+')
-    data: str = option('synthetic:position', 'synthetic:<position|quadrant|kind> or an ImageFolder path')
+    data: str = option('synthetic:position', 'synthetic:<position|quadrant|kind> or an ImageFolder path; video '
+                       'models: clips:<direction|kind> or a folder of frames (root/class/clip/*.png)')
     img_size: int = option(64, 'training resolution (pixels, square)')
+    num_frames: Optional[int] = option(None, "video models: frames per clip (default: the model's, e.g. 8)")
     train_samples: Optional[int] = option(None, 'built-in data: training scenes; image folders: a random subset')
     val_samples: Optional[int] = option(None, 'built-in data: validation scenes; image folders: a random subset')
     epochs: int = option(10, 'epochs to train')

@@ -36,6 +36,7 @@ from .checkpoint import (create_model, load_checkpoint, pretrained_file, read_we
                          save_checkpoints, set_rng_state)
 from .config import TrainConfig, parse_config
 from .data.pipeline import build_loaders
+from .data import data_size, with_frames
 from .errors import CheckpointError, TrainingError
 from .eval.loop import evaluate
 from .optim import build_optimization, warm_up
@@ -200,6 +201,7 @@ def prepare(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> Ru
         cfg = cfg.replace(img_size=resume['img_size'])
     model_kwargs = dict(source['model_kwargs']) if source and not cfg.model_kwargs else dict(cfg.model_kwargs)
     model_name = cfg.model or source['model_name']
+    cfg = with_frames(cfg, model_name, model_kwargs)  # video: clips of the model's frames
     seed_everything(cfg.seed)
     run = Run(cfg, rank, world, device, model_name=model_name, model_kwargs=model_kwargs,
               **build_loaders(cfg, rank, world, model_name))

@@ -11,9 +11,9 @@ from torch.utils.data import Dataset, default_collate
 from timm.data import create_transform
 from torchvision import datasets
 
-from .synthetic import SyntheticShapes, TASKS
+from .clips import build_clip_dataset
+from .synthetic import SyntheticShapes, TASKS, builtin_dataset
 
-_SYNTHETIC = {}
 
 
 class RobustImageFolder(datasets.ImageFolder):
@@ -67,18 +67,14 @@ def build_dataset(spec: str, img_size, split: str, num_samples: Optional[int] = 
     'val' as ``pipeline.folder_split`` says (``<path>/train`` and ``<path>/val``; a folder without ``val/`` needs
     ``val_fraction``); 'test' is an evaluation folder: ``<path>/val`` if present, else all of ``<path>``.
     ``transform``: default timm's training transform for 'train', else the evaluation one (crop_pct 0.875);
-    ``num_samples``: a random subset (seed ``seed``) of a folder."""
+    ``num_samples``: a random subset (seed ``seed``) of a folder. With a clip size (T, H, W) or ``clips:<task>``,
+    clips (``clips.build_clip_dataset``)."""
     size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    if len(size) == 3 or spec.startswith('clips'):
+        return build_clip_dataset(spec, size, split, num_samples, seed)
     if spec.startswith('synthetic'):
-        task = spec.partition(':')[2] or 'position'
-        if task not in TASKS:
-            raise ValueError(f"unknown synthetic task {task!r} in --data {spec!r}; expected one of "
-                             f"{['synthetic:' + t for t in TASKS]}")
-        default = 4096 if split == 'train' else 512
-        key = (task, size, num_samples or default, split, seed)
-        if key not in _SYNTHETIC:  # one rendered copy per process, shared by every run that asks for it
-            _SYNTHETIC[key] = SyntheticShapes(task, size, num_samples or default, split=split, seed=seed)
-        return _SYNTHETIC[key]
+        return builtin_dataset(spec, TASKS, size, split, num_samples, seed,
+                               lambda task, n: SyntheticShapes(task, size, n, split=split, seed=seed))
     from .pipeline import eval_transform, folder_split
     if transform is None:
         transform = create_transform(size, is_training=True) if split == 'train' else eval_transform(size)

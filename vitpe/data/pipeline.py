@@ -25,6 +25,7 @@ from timm.data.distributed_sampler import RepeatAugSampler
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
+from .clips import data_size
 from .folder import RobustImageFolder, build_dataset, collate_skip_none, random_subset
 
 EVAL_PROTOCOLS = {
@@ -155,9 +156,9 @@ def build_loaders(cfg, rank: int, world: int, model_name: Optional[str]) -> Dict
         raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes x "
                          f"{cfg.grad_accum_steps} accumulation steps")
     check_folder_options(cfg)
-    if cfg.data.startswith('synthetic'):
-        train_set = build_dataset(cfg.data, cfg.img_size, 'train', cfg.train_samples, seed=cfg.seed)
-        val_set = build_dataset(cfg.data, cfg.img_size, 'val', cfg.val_samples, seed=cfg.seed)
+    if cfg.data.startswith(('synthetic', 'clips')) or cfg.num_frames:  # built-in scenes or clips, frame folders
+        train_set = build_dataset(cfg.data, data_size(cfg), 'train', cfg.train_samples, seed=cfg.seed)
+        val_set = build_dataset(cfg.data, data_size(cfg), 'val', cfg.val_samples, seed=cfg.seed)
     else:
         options = eval_options(cfg, model_name)
         split = dict(val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, classes=cfg.classes)

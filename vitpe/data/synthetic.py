@@ -14,7 +14,6 @@ Every scene also yields boxes and masks of its shapes (``Scene.boxes``, ``render
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import List, Sequence, Tuple
 
@@ -207,17 +206,32 @@ def make_scene(task: str, seed: int) -> Scene:
     return Scene(shapes, background, bg_colour, bg_params, seed, label, categories)
 
 
+_BUILT = {}
+
+
+def builtin_dataset(spec: str, tasks, size, split: str, num_samples, seed: int, make) -> Dataset:
+    """The built-in dataset ``<kind>:<task>`` (``synthetic:position``, ``clips:direction``; the first of ``tasks``
+    when no task is named), ``make(task, num_samples)`` rendered once per process and shared by every run that
+    asks for the same one."""
+    kind, _, task = spec.partition(':')
+    task = task or next(iter(tasks))
+    if task not in tasks:
+        raise ValueError(f"unknown {kind} task {task!r} in --data {spec!r}; expected one of "
+                         f"{[kind + ':' + t for t in tasks]}")
+    n = num_samples or (4096 if split == 'train' else 512)
+    key = (kind, task, tuple(size), n, split, seed)
+    if key not in _BUILT:
+        _BUILT[key] = make(task, n)
+    return _BUILT[key]
+
+
 class SyntheticShapes(Dataset):
     """``num_samples`` scenes of ``task`` rendered at ``img_size``, normalised with (MEAN, STD).
 
     Scenes depend only on (seed, index): the same index at another ``img_size`` is the same scene.
-    Train and test sets use different seeds (``split``). Rendered images are cached as uint8, shared by every
-    dataset of the same (task, size, split, seed) in the process (the study trains many schemes on the same
-    scenes: each is rendered once); the ``SHARED_CACHES`` most recently used sets are kept."""
+    Train and test sets use different seeds (``split``). Rendered images are cached as uint8."""
 
     SPLIT_SEEDS = {'train': 0, 'val': 10_000_000, 'test': 20_000_000}
-    SHARED_CACHES = 8
-    _shared: 'OrderedDict[tuple, dict]' = OrderedDict()
 
     def __init__(self, task: str = 'position', img_size=64, num_samples: int = 1000, split: str = 'train',
                  seed: int = 0, cache: bool = True):
@@ -230,17 +244,9 @@ class SyntheticShapes(Dataset):
         self.num_samples = num_samples
         self.base_seed = self.SPLIT_SEEDS[split] + seed * 1_000_003
         self.classes = list(TASKS[task])
-        self._cache = self._shared_cache((task, self.img_size, self.base_seed)) if cache else None
+        self._cache = {} if cache else None
         self._mean = torch.tensor(MEAN)[:, None, None]
         self._std = torch.tensor(STD)[:, None, None]
-
-    @classmethod
-    def _shared_cache(cls, key: tuple) -> dict:
-        cache = cls._shared.pop(key, None)
-        cls._shared[key] = {} if cache is None else cache
-        while len(cls._shared) > cls.SHARED_CACHES:
-            cls._shared.popitem(last=False)
-        return cls._shared[key]
 
     def __len__(self):
         return self.num_samples

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 from .diagnostics import DIAGNOSTICS, DIAGNOSTICS_HEADER
-from .sweep import Record, plot_lines, plot_panels, write_csv
+from .sweep import Record, plot_lines, plot_panels, sweep_axis, write_csv
 
 
 @dataclass
@@ -29,20 +29,24 @@ class SummaryRow:
     entropy_norm: Optional[float] = None
     entropy: Optional[float] = None
     distance: Optional[float] = None
+    axis: str = 'res'  # 'frames': a frame sweep of video models (res and train_res then count frames)
 
 
 def summarize(records: Sequence[Record]) -> List[SummaryRow]:
-    """One row per (label, strategy, res), in the records' order; every record counts as one seed."""
+    """One row per (label, strategy, res), in the records' order; every record counts as one seed. A frame sweep
+    (``sweep_axis``) has one row per (label, strategy, frames), its frame counts in ``res`` / ``train_res``."""
+    axis = sweep_axis(records)
+    train_key = 'train_frames' if axis == 'frames' else 'train_res'
     groups: Dict[tuple, List[Record]] = {}
     for r in records:
-        groups.setdefault((r.label, r.strategy, r.res), []).append(r)
+        groups.setdefault((r.label, r.strategy, getattr(r, axis)), []).append(r)
     rows = []
     for (label, strategy, res), group in groups.items():
         accs = [r.acc for r in group]
-        rows.append(SummaryRow(label=label, scheme=group[0].scheme, strategy=strategy, train_res=group[0].train_res,
-                               res=res, mean=statistics.fmean(accs),
+        rows.append(SummaryRow(label=label, scheme=group[0].scheme, strategy=strategy,
+                               train_res=getattr(group[0], train_key), res=res, mean=statistics.fmean(accs),
                                std=statistics.stdev(accs) if len(accs) > 1 else None,
-                               min=min(accs), max=max(accs), n_seeds=len(accs),
+                               min=min(accs), max=max(accs), n_seeds=len(accs), axis=axis,
                                **{k: _mean_diagnostic(group, k) for k in DIAGNOSTICS}))
     return rows
 
@@ -73,7 +77,9 @@ def summary_markdown(rows: Sequence[SummaryRow]) -> str:
     """Rows: label and strategy; columns: resolutions; cells: ``mean ± std`` over the seeds (* at the
     training resolution); the seeds column gives the number of seeds (fewest over the row's cells)."""
     resolutions = sorted({r.res for r in rows})
-    lines = ['| checkpoint | scheme | strategy | train | seeds | ' + ' | '.join(str(r) for r in resolutions) + ' |',
+    frames = bool(rows) and rows[0].axis == 'frames'
+    head = [f'{r} frames' if frames else str(r) for r in resolutions]
+    lines = ['| checkpoint | scheme | strategy | train | seeds | ' + ' | '.join(head) + ' |',
              '|---|---|---|---|---|' + '---|' * len(resolutions)]
     for (label, strategy), (train_res, by_res) in _lines(rows).items():
         first = next(iter(by_res.values()))
@@ -88,7 +94,11 @@ def plot_summary(rows: Sequence[SummaryRow], path: str, title: str = 'Accuracy a
     lines = {key: (tr, {res: (r.mean, None if r.std is None else r.mean - r.std,
                               None if r.std is None else r.mean + r.std) for res, r in by_res.items()})
              for key, (tr, by_res) in _lines(rows).items()}
-    plot_lines(lines, path, title + ' (mean ± std over seeds)')
+    if rows and rows[0].axis == 'frames':
+        plot_lines(lines, path, 'Accuracy against test frames (mean ± std over seeds)', xlabel='test frames',
+                   train_name='training frames')
+    else:
+        plot_lines(lines, path, title + ' (mean ± std over seeds)')
 
 
 def plot_diagnostics(rows: Sequence[SummaryRow], path: str) -> None:

@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint import load_model
+from ..data import build_dataset
 from ..data.pipeline import check_protocol, eval_dataset, eval_spec
 from ..memory import PeakMemory
 from .diagnostics import DIAGNOSTICS_HEADER
@@ -41,19 +42,31 @@ class Record:
     # with ``sweep(diagnostics=True)``: {'entropy' | 'entropy_norm' | 'distance': [value per layer]}
     # (vitpe.eval.diagnostics), written to the CSV as columns <name>_l<layer> and <name>_mean
     diagnostics: Optional[Dict[str, List[float]]] = None
+    frames: Optional[int] = None  # video: frames of the test clips (``res`` their frame size); None for images
+    train_frames: Optional[int] = None  # video: frames of the training clips
 
 
-def check_resolutions(model, resolutions: Sequence[int]) -> None:
-    """Every resolution must give a grid (the patch embedding's own check), reported all at once."""
+def check_resolutions(model, resolutions: Sequence[int], frames: Sequence[Optional[int]] = (None,)) -> None:
+    """Every resolution (and, for a video model, frame count) must give a grid (the patch embedding's own
+    check), reported all at once."""
     bad = []
-    for r in resolutions:
-        try:
-            model.patch_embed.grid_for((r,) * model.patch_embed.rank)
-        except ValueError:
-            bad.append(r)
+    for f in frames:
+        for r in resolutions:
+            try:
+                model.patch_embed.grid_for(((f,) if f else ()) + (r,) * 2)
+            except ValueError:
+                bad.append(f"{f}x{r}" if f else r)
     if bad:
-        raise ValueError(f"resolutions {bad} are not divisible by the model's patch size "
-                         f"{model.patch_embed.patch_size}")
+        raise ValueError(f"{'clip sizes' if frames[0] else 'resolutions'} {bad} are not divisible by the model's "
+                         f"patch size {model.patch_embed.patch_size}")
+
+
+def clip_frames(model, frames: Optional[Sequence[int]]) -> List[Optional[int]]:
+    """The frame counts a model is evaluated at: ``frames`` (default its training clip's) for a video model,
+    [None] for an image model."""
+    if model.patch_embed.rank != 3:
+        return [None]
+    return sorted(int(f) for f in frames) if frames else [model.patch_embed.img_size[0]]
 
 
 def materialize(dataset) -> tuple:
@@ -73,8 +86,10 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
           data: Optional[str] = None, samples: int = 512, batch_size: int = 64,
           device: torch.device = torch.device('cpu'), progress: bool = True,
           labels: Optional[Sequence[str]] = None, seeds: Optional[Sequence[int]] = None,
-          diagnostics: bool = False, diagnostic_samples: int = 256, protocol: str = 'crop') -> List[Record]:
-    """Evaluate every checkpoint at every resolution with no fine-tuning, under every strategy.
+          diagnostics: bool = False, diagnostic_samples: int = 256, protocol: str = 'crop',
+          frames: Optional[Sequence[int]] = None) -> List[Record]:
+    """Evaluate every checkpoint at every resolution (video: and every number of ``frames``, default the
+    training clip's) with no fine-tuning, under every strategy.
 
     ``strategies`` are names or combinations ('pi+logit') and may contain 'all' (every single strategy that
     applies to the scheme); a strategy with a part that does not apply to a checkpoint's scheme is skipped
@@ -91,7 +106,7 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
     resolutions = sorted(int(r) for r in resolutions)
     models = [load_model(p, device) for p in checkpoints]
     for model, _ in models:
-        check_resolutions(model, resolutions)
+        check_resolutions(model, resolutions, clip_frames(model, frames))
     cache: Dict[tuple, tuple] = {}
     named = [ResolutionStrategy.parse(s).name for s in strategies if s != 'all']  # bad names raise here
     jobs = []
@@ -99,14 +114,18 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
         allowed = applicable_strategies(model)
         chosen = list(allowed) if 'all' in strategies else []
         chosen += [s for s in named if s not in chosen and all(p in allowed for p in s.split('+'))]
-        jobs += [(i, path, model, ckpt, s, r) for s in chosen for r in resolutions]
+        jobs += [(i, path, model, ckpt, s, r, f) for s in chosen for f in clip_frames(model, frames)
+                 for r in resolutions]
     records = []
-    for i, path, model, ckpt, strategy, res in tqdm(jobs, desc='sweep', disable=not progress):
+    for i, path, model, ckpt, strategy, res, f in tqdm(jobs, desc='sweep', disable=not progress):
         spec = data or ckpt['data']
-        how = () if spec.startswith('synthetic') else eval_spec(ckpt, protocol, explicit=data is not None)
-        key = (spec, res) + how
-        if key not in cache:
-            cache[key] = materialize(eval_dataset(spec, res, samples, how))
+        builtin = spec.startswith(('synthetic', 'clips'))
+        how = () if builtin or f else eval_spec(ckpt, protocol, explicit=data is not None)
+        key = (spec, res, f) + how
+        if key not in cache:  # built-in data: the test split; folders of frames: their val split
+            size = (f, res, res) if f else res
+            cache[key] = materialize(eval_dataset(spec, res, samples, how) if how else
+                                     build_dataset(spec, size, 'test' if builtin else 'val', samples))
         images, targets = cache[key]
         with PeakMemory(device) as mem:
             m = evaluate(model, tensor_batches(images, targets, batch_size), device, strategy=strategy)
@@ -120,30 +139,49 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
                               strategy=strategy, acc=m['acc'], loss=m['loss'], n=m['n'],
                               imgs_per_s=m['n'] / m['seconds'], peak_mem_mb=mem.mb, device=str(device),
                               seed=None if seeds is None else seeds[i], protocol=protocol,
-                              diagnostics=m.get('diagnostics')))
+                              diagnostics=m.get('diagnostics'), frames=f,
+                              train_frames=model.patch_embed.img_size[0] if f else None))
     return records
 
 
+def sweep_axis(records: Iterable[Record]) -> str:
+    """What the table and plot run along: 'frames' when the records hold several frame counts, else 'res'."""
+    return 'frames' if len({r.frames for r in records}) > 1 else 'res'
+
+
 def _series(records: Iterable[Record]) -> Dict[tuple, Dict[int, Record]]:
+    """(label, strategy) -> {x: record}, x along ``sweep_axis``; a frame sweep at several frame sizes has one
+    series per size (the label gets '@<res>px')."""
+    records = list(records)
+    axis = sweep_axis(records)
+    several = axis == 'frames' and len({r.res for r in records}) > 1
     out: Dict[tuple, Dict[int, Record]] = {}
     for r in records:
-        out.setdefault((r.label, r.strategy), {})[r.res] = r
+        label = f'{r.label} @{r.res}px' if several else r.label
+        out.setdefault((label, r.strategy), {})[getattr(r, axis)] = r
     return out
 
 
+def _train_x(record: Record, axis: str) -> int:
+    return record.train_frames if axis == 'frames' else record.train_res
+
+
 def to_markdown(records: Sequence[Record]) -> str:
-    """Rows: checkpoint (and strategy when not 'none'); columns: resolutions; cells: accuracy.
-    The training resolution of each row is marked with *."""
-    resolutions = sorted({r.res for r in records})
-    lines = ['| checkpoint | scheme | strategy | train | ' + ' | '.join(str(r) for r in resolutions) + ' |',
-             '|---|---|---|---|' + '---|' * len(resolutions)]
-    for (label, strategy), by_res in _series(records).items():
-        first = next(iter(by_res.values()))
+    """Rows: checkpoint (and strategy when not 'none'); columns: resolutions (a frame sweep: frame counts);
+    cells: accuracy. The training resolution (frame count) of each row is marked with *."""
+    axis = sweep_axis(records)
+    xs = sorted({getattr(r, axis) for r in records})
+    head = [f'{x} frames' if axis == 'frames' else str(x) for x in xs]
+    lines = ['| checkpoint | scheme | strategy | train | ' + ' | '.join(head) + ' |',
+             '|---|---|---|---|' + '---|' * len(xs)]
+    for (label, strategy), by_x in _series(records).items():
+        first = next(iter(by_x.values()))
         cells = []
-        for res in resolutions:
-            rec = by_res.get(res)
-            cells.append('' if rec is None else f"{rec.acc:.3f}{'*' if res == rec.train_res else ''}")
-        lines.append(f'| {label} | {first.scheme} | {strategy} | {first.train_res} | ' + ' | '.join(cells) + ' |')
+        for x in xs:
+            rec = by_x.get(x)
+            cells.append('' if rec is None else f"{rec.acc:.3f}{'*' if x == _train_x(rec, axis) else ''}")
+        lines.append(f'| {label} | {first.scheme} | {strategy} | {_train_x(first, axis)} | ' + ' | '.join(cells)
+                     + ' |')
     return '\n'.join(lines) + '\n'
 
 
@@ -177,18 +215,24 @@ def write_csv(records: Sequence, path: str, header: Optional[str] = None) -> Non
 def plot(records: Sequence[Record], path: str, title: str = 'Accuracy against test resolution') -> None:
     """Accuracy against resolution: one colour per checkpoint, one line style per strategy; the
     training resolution of each line is a large marker and a dotted vertical line."""
-    lines = {key: (next(iter(by_res.values())).train_res, {x: (r.acc, None, None) for x, r in by_res.items()})
-             for key, by_res in _series(records).items()}
-    plot_lines(lines, path, title)
+    axis = sweep_axis(records)
+    lines = {key: (_train_x(next(iter(by_x.values())), axis), {x: (r.acc, None, None) for x, r in by_x.items()})
+             for key, by_x in _series(records).items()}
+    if axis == 'frames':
+        plot_lines(lines, path, 'Accuracy against test frames', xlabel='test frames', train_name='training frames')
+    else:
+        plot_lines(lines, path, title)
 
 
-def plot_lines(lines: Dict[tuple, tuple], path: str, title: str = 'Accuracy against test resolution') -> None:
+def plot_lines(lines: Dict[tuple, tuple], path: str, title: str = 'Accuracy against test resolution',
+               xlabel: str = 'test resolution (pixels)', train_name: str = 'training resolution') -> None:
     """``lines``: (label, strategy) -> (train_res, {res: (value, low, high)}); where low and high are
     given, a shaded band between them (the spread over seeds) is drawn around the line."""
-    plot_panels({'accuracy': lines}, path, title)
+    plot_panels({'accuracy': lines}, path, title, xlabel, train_name)
 
 
-def plot_panels(panels: Dict[str, Dict[tuple, tuple]], path: str, title: str) -> None:
+def plot_panels(panels: Dict[str, Dict[tuple, tuple]], path: str, title: str,
+                xlabel: str = 'test resolution (pixels)', train_name: str = 'training resolution') -> None:
     """One panel per y quantity (``panels``: y label -> ``lines`` as in ``plot_lines``) against the test
     resolution, side by side, with one legend: one colour per checkpoint, one line style per strategy; the
     training resolution of each line is a large marker and a dotted vertical line."""
@@ -219,9 +263,9 @@ def plot_panels(panels: Dict[str, Dict[tuple, tuple]], path: str, title: str) ->
                 ax.plot([tr], [by_res[tr][0]], marker='o', markersize=7, color=colour)
         for tr in train_sizes:
             ax.axvline(tr, color='gray', linestyle=':', linewidth=1)
-            ax.annotate('training resolution', (tr, 0.01), xycoords=('data', 'axes fraction'), color='gray',
+            ax.annotate(train_name, (tr, 0.01), xycoords=('data', 'axes fraction'), color='gray',
                         fontsize=8, xytext=(3, 0), textcoords='offset points')
-        ax.set_xlabel('test resolution (pixels)')
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     fig.suptitle(title)

@@ -15,7 +15,8 @@ from timm.layers import resample_patch_embed, trunc_normal_
 from timm.models._features import feature_take_indices
 
 from ..layers import Block, PatchEmbed
-from ..layers.patch_embed import to_tuple
+from ..layers.patch_embed import clip_size, to_tuple
+from . import inflate
 from ..pe import Grid, PosContext, create_pos_encoding
 from ..pe.strategy import (NO_STRATEGY, MovedStrategyAttribute, ResolutionStrategy, attention_logit_scale,
                            current_strategy)
@@ -44,7 +45,8 @@ class VisionTransformer(nn.Module):
     embed_dim, depth, num_heads, mlp_ratio, qkv_bias, qk_norm, init_values (LayerScale, None = off),
     class_token, reg_tokens, fc_norm (None: on for avg pooling), pre_norm, drop_rate, pos_drop_rate,
     attn_drop_rate, proj_drop_rate, drop_path_rate, norm_layer, act_layer, pos_enc (scheme name, see
-    ``vitpe.list_pos_encodings()``), pos_enc_args (the scheme's options).
+    ``vitpe.list_pos_encodings()``), pos_enc_args (the scheme's options), num_frames (video: the reference
+    clip length T, with img_size the frame size).
     """
 
     def __init__(
@@ -75,11 +77,12 @@ class VisionTransformer(nn.Module):
             act_layer=None,
             pos_enc: str = 'ape',
             pos_enc_args: Optional[Dict[str, Any]] = None,
+            num_frames: Optional[int] = None,
     ):
         super().__init__()
         _check_trunk_args(global_pool, class_token, in_chans)
         rank = 2 if isinstance(patch_size, int) else len(tuple(patch_size))
-        patch_size, img_size = to_tuple(patch_size, rank, 'patch_size'), to_tuple(img_size, rank, 'img_size')
+        patch_size, img_size = to_tuple(patch_size, rank, 'patch_size'), clip_size(img_size, num_frames, rank)
         norm_layer, act_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6), act_layer or nn.GELU
         self.num_classes, self.global_pool = num_classes, global_pool
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
@@ -106,6 +109,7 @@ class VisionTransformer(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
+        self._register_load_state_dict_pre_hook(inflate.load_pre_hook, with_module=True)  # image ckpt -> video
 
     # ------------------------------------------------------------------------------------------ setup
     def init_weights(self) -> None:
@@ -156,9 +160,11 @@ class VisionTransformer(nn.Module):
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def set_input_size(self, img_size: Optional[Union[int, Sequence[int]]] = None,
-                       patch_size: Optional[Union[int, Sequence[int]]] = None) -> None:
-        """Make ``img_size`` the reference size: learned tables are resampled to its grid (a new
-        ``patch_size`` resamples the patch projection, timm ``resample_patch_embed``, 2D only)."""
+                       patch_size: Optional[Union[int, Sequence[int]]] = None,
+                       num_frames: Optional[int] = None) -> None:
+        """Make ``img_size`` (video: the frame size, or (T, H, W)) and ``num_frames`` (video) the reference size:
+        learned tables are resampled to its grid (a new ``patch_size`` resamples the patch projection, timm
+        ``resample_patch_embed``, 2D only)."""
         rank = self.patch_embed.rank
         if patch_size is not None:
             patch_size = to_tuple(patch_size, rank, 'patch_size')
@@ -173,12 +179,18 @@ class VisionTransformer(nn.Module):
                     new.bias = proj.bias
                 self.patch_embed.proj = new
                 self.patch_embed.patch_size = patch_size
-        img_size = to_tuple(img_size, rank, 'img_size') if img_size is not None else self.patch_embed.img_size
+        if img_size is None:
+            img_size = self.patch_embed.img_size[-2:] if num_frames is not None else self.patch_embed.img_size
+        if rank == 3 and num_frames is None and isinstance(img_size, int):
+            num_frames = self.patch_embed.img_size[0]  # a frame size alone keeps the clip length
+        img_size = clip_size(img_size, num_frames, rank)
         self.patch_embed.set_input_size(img_size)
         self.pos_enc.set_grid_size(self.patch_embed.grid_size)
         cfg = getattr(self, 'pretrained_cfg', None)
         if isinstance(cfg, dict):
-            cfg['input_size'] = (self.patch_embed.in_chans, *img_size)
+            cfg['input_size'] = (self.patch_embed.in_chans, *img_size[-2:])  # timm's: one frame for video
+            if rank == 3:
+                cfg.update(num_frames=img_size[0], clip_size=(self.patch_embed.in_chans, *img_size))
 
     # ------------------------------------------------------------------------------------------ forward
     def embed(self, x: torch.Tensor, strategy: StrategySpec = None) -> Tuple[torch.Tensor, PosContext]:

@@ -20,6 +20,9 @@ class AbsWinPE(PositionalEncoding):
     size and is tiled (cropped where the grid is not a multiple of the window), so it stays aligned with a
     fixed window size.
 
+    3D (T, H, W): G over (T, H, W) and a (w_t, w_h, w_w) window tiled along all three axes; a 2D checkpoint
+    inflates to a one-frame window (``inflate_state_dict``), so a clip of one frame gives the 2D output.
+
     Options:
         window_size: size of the tiled window table (default 7 per axis, capped at the reference grid; a
             checkpoint loads with its own window size).
@@ -65,6 +68,15 @@ class AbsWinPE(PositionalEncoding):
 
     def tokens(self, x, ctx):
         return add_to_patches(x, self.embedding(ctx.grid.shape, ctx.strategy.interpolation), ctx.grid.num_prefix)
+
+    def inflate_state_dict(self, state_dict, prefix, mode='central'):
+        """The global table repeated over the frames of this model's global table; the window table gets a window
+        of one frame (so it is tiled over every frame, and a checkpoint brings its window size)."""
+        glob, win = state_dict.get(prefix + 'pos_embed'), state_dict.get(prefix + 'pos_embed_window')
+        if glob is not None and glob.ndim == 4:
+            state_dict[prefix + 'pos_embed'] = glob.unsqueeze(1).repeat(1, self.pos_embed.shape[1], 1, 1, 1)
+        if win is not None and win.ndim == 4:
+            state_dict[prefix + 'pos_embed_window'] = win.unsqueeze(1)
 
     def resize_state_dict(self, state_dict, prefix):
         """The global table is resampled to this model's; the window table is never resampled (it is tiled at

@@ -11,7 +11,10 @@ Per block and per target:
 
 Contextual encodings are computed once per bucket (q against the table, (N, buckets)) and then gathered to
 (N, N); value encodings aggregate the attention per bucket first (scatter-add), then multiply by the table.
-Prefix tokens share one extra bucket, as the reference's ``skip`` tokens. Bucket ids depend on the offset
+Prefix tokens share one extra bucket, as the reference's ``skip`` tokens. 3D (T, H, W): the offset has a third
+axis: 'product' buckets (2 beta + 1)^3 (t digit first), 'cross' a third table (for t), 'euclidean' / 'quant'
+the 3D distance. At T = 1 the t offset is 0, so a 2D checkpoint inflated by ``inflate_state_dict`` gives the 2D
+model's output (tested). Bucket ids depend on the offset
 only: they are computed for the (2S-1)^rank offsets and looked up per pair (the offset table cached per
 grid; the patch ids cached for grids up to ``cache_tokens``, else looked up per chunk of query rows).
 """
@@ -161,6 +164,24 @@ class IRPE(PositionalEncoding):
 
     def tokens(self, x, ctx):
         return self.table.add(self, x, ctx.grid, ctx.strategy)
+
+    def inflate_state_dict(self, state_dict, prefix, mode='central'):
+        """2D tables made 3D so that a clip of one frame is the image: 'product' repeats the 2D buckets for every
+        temporal offset digit (3D id = t digit x (2 beta + 1)^2 + 2D id), 'cross' adds a zero table for t,
+        'euclidean' / 'quant' keep their tables (the distance of a zero t offset is the 2D one)."""
+        super().inflate_state_dict(state_dict, prefix, mode)
+        side = 2 * int(self.beta) + 1
+        for target in self.on:
+            key = f'{prefix}{target}_table'
+            t = state_dict.get(key)
+            if t is None or t.shape == getattr(self, f'{target}_table').shape:
+                continue
+            if self.method == 'cross':
+                state_dict[key] = torch.cat([torch.zeros_like(t[:, :1]), t], 1)  # (depth, axes, ...): t axis first
+            elif self.method == 'product':
+                dim = -2 if (target == 'v' and self.mode == 'contextual') else -1  # the bucket axis
+                grid, extra = t.narrow(dim, 0, side ** 2), t.narrow(dim, side ** 2, t.shape[dim] - side ** 2)
+                state_dict[key] = torch.cat([grid] * side + [extra], dim)
 
     # ----------------------------------------------------------------- bucket ids
     def _ids(self, shape: Tuple[int, ...], patch_rows: Optional[torch.Tensor], keys_first: bool, device):

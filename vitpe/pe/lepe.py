@@ -15,6 +15,8 @@ class LocallyEnhancedPE(PositionalEncoding):
     (all heads' channels, one depthwise filter each). Prefix tokens get no conv term. The convolution keeps
     PyTorch's default initialisation, as CSWin's ``_init_weights`` (Linear and LayerNorm only) does.
 
+    3D (T, H, W): a depthwise Conv3d over V, k x k x k (at T = 1 its central temporal slice is the 2D conv).
+
     Options: kernel_size (3).
     """
     name = 'lepe'
