@@ -16,6 +16,7 @@ from timm.models._features import feature_take_indices
 
 from ..layers import Block, PatchEmbed
 from ..layers.patch_embed import to_tuple
+from ..layers.window import WindowLayout, to_window
 from ..pe import Grid, PosContext, create_pos_encoding
 from ..pe.strategy import (NO_STRATEGY, MovedStrategyAttribute, ResolutionStrategy, attention_logit_scale,
                            current_strategy)
@@ -35,6 +36,17 @@ def _check_trunk_args(global_pool: str, class_token: bool, in_chans) -> None:
         raise ValueError(f"invalid in_chans={in_chans!r}; expected a positive integer")
 
 
+def _check_windows(window_size, global_blocks, rank: int, depth: int):
+    global_blocks = (global_blocks,) if isinstance(global_blocks, int) else tuple(global_blocks)
+    if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < depth for i in global_blocks):
+        raise ValueError(f"invalid global_blocks={global_blocks!r}; expected block indices in [0, {depth})")
+    if window_size is None:
+        if global_blocks:
+            raise ValueError(f"global_blocks={global_blocks!r} needs a window_size (the other blocks' window)")
+        return None, global_blocks
+    return to_window(window_size, rank), global_blocks
+
+
 class VisionTransformer(nn.Module):
     """Vision Transformer over images (patch_size of 2 entries) or video (3 entries: T, H, W) with a
     pluggable positional scheme.
@@ -44,7 +56,9 @@ class VisionTransformer(nn.Module):
     embed_dim, depth, num_heads, mlp_ratio, qkv_bias, qk_norm, init_values (LayerScale, None = off),
     class_token, reg_tokens, fc_norm (None: on for avg pooling), pre_norm, drop_rate, pos_drop_rate,
     attn_drop_rate, proj_drop_rate, drop_path_rate, norm_layer, act_layer, pos_enc (scheme name, see
-    ``vitpe.list_pos_encodings()``), pos_enc_args (the scheme's options).
+    ``vitpe.list_pos_encodings()``), pos_enc_args (the scheme's options), window_size (None: global
+    attention everywhere; an int or one per axis: ViTDet's window attention, see ``vitpe.layers.window``),
+    global_blocks (with a window: the indices of the blocks that keep global attention, ViTDet-B: 2, 5, 8, 11).
     """
 
     def __init__(
@@ -75,6 +89,8 @@ class VisionTransformer(nn.Module):
             act_layer=None,
             pos_enc: str = 'ape',
             pos_enc_args: Optional[Dict[str, Any]] = None,
+            window_size: Optional[Union[int, Sequence[int]]] = None,
+            global_blocks: Sequence[int] = (),
     ):
         super().__init__()
         _check_trunk_args(global_pool, class_token, in_chans)
@@ -91,13 +107,17 @@ class VisionTransformer(nn.Module):
         self.pos_enc = create_pos_encoding(
             pos_enc, dim=embed_dim, num_heads=num_heads, depth=depth, grid_size=self.patch_embed.grid_size,
             num_prefix_tokens=self.num_prefix_tokens, **(pos_enc_args or {}))
+        self.window_size, self.global_blocks = _check_windows(window_size, global_blocks, rank, depth)
+        if self.window_size is not None:
+            self.pos_enc.set_attention_window(self.window_size)
         self.pos_drop = nn.Dropout(pos_drop_rate)
         self.norm_pre = norm_layer(embed_dim) if pre_norm else nn.Identity()
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth decay rule
         block = partial(Block, embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_norm=qk_norm,
                         init_values=init_values, attn_drop=attn_drop_rate, proj_drop=proj_drop_rate,
                         norm_layer=norm_layer, act_layer=act_layer)
-        self.blocks = nn.ModuleList([block(layer=i, drop_path=dpr[i]) for i in range(depth)])
+        self.blocks = nn.ModuleList([block(layer=i, drop_path=dpr[i], windowed=self.window_size is not None
+                                           and i not in self.global_blocks) for i in range(depth)])
         self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=max(patch_size))
                              for i in range(depth)]
         use_fc_norm = global_pool == 'avg' if fc_norm is None else fc_norm
@@ -201,6 +221,11 @@ class VisionTransformer(nn.Module):
         device = pe.default_device() if is_fx_symbolic_tracing() else x.device  # a proxy under FX tracing
         ctx = PosContext(pe, grid, pe.prepare(grid, strategy, device), strategy,
                          attention_logit_scale(pe, grid, strategy), device)
+        if self.window_size is not None:  # the context of one window: the scheme prepared for the window grid
+            window = Grid(self.window_size, self.num_prefix_tokens)
+            ctx.window = PosContext(pe, window, pe.prepare(window, strategy, device), strategy,
+                                    attention_logit_scale(pe, window, strategy), device,
+                                    layout=WindowLayout(tuple(shape), self.window_size))
         if pe.uses('tokens'):
             x = pe.tokens(x, ctx)
         return self.norm_pre(self.pos_drop(x)), ctx

@@ -21,8 +21,10 @@ class AbsWinPE(PositionalEncoding):
     fixed window size.
 
     Options:
-        window_size: size of the tiled window table (default 7 per axis, capped at the reference grid; a
-            checkpoint loads with its own window size).
+        window_size: size of the tiled window table (default 7 per axis, capped at the reference grid, or the
+            attention window in a model with window attention; a checkpoint loads with its own window size).
+            With window attention the attention window must be a multiple of it, so that every attention
+            window sees the same tiles (the alignment the paper is about); otherwise the forward raises.
         global_size: size of the global table (default: the reference grid).
         antialias: antialias when G shrinks (True: timm hiera, the reference our benchmark and parity test
             use; False: SAM2, which resizes with plain bicubic, a = -0.75).
@@ -34,6 +36,7 @@ class AbsWinPE(PositionalEncoding):
                  antialias: bool = True, **common):
         super().__init__(**common)
         check_bool(self.name, 'antialias', antialias)
+        self.window_option = window_size
         window_size = self._size_option('window_size', window_size, tuple(min(7, s) for s in self.grid_size))
         global_size = self._size_option('global_size', global_size, self.grid_size)
         self.interpolation, self.antialias = 'bicubic', antialias
@@ -63,7 +66,22 @@ class AbsWinPE(PositionalEncoding):
                                table_shape(self, 'pos_embed'))
         return (glob + tiled).flatten(1, -2)
 
+    def set_attention_window(self, window):
+        if self.window_option is None:  # the default window table is the attention window
+            self.pos_embed_window = nn.Parameter(trunc_normal_(self.pos_embed_window.new_zeros(1, *window, self.dim),
+                                                               std=.02))
+        self.check_alignment(window)
+
+    def check_alignment(self, window) -> None:
+        table = table_shape(self, 'pos_embed_window')
+        if any(w % t for w, t in zip(window, table)):
+            raise ValueError(f"abswin: the attention window {tuple(window)} is not a multiple of the window table "
+                             f"{table}, so the tiled table would not align with the attention windows; choose "
+                             f"a window that is a multiple of {table}")
+
     def tokens(self, x, ctx):
+        if ctx.window is not None:
+            self.check_alignment(ctx.window.grid.shape)
         return add_to_patches(x, self.embedding(ctx.grid.shape, ctx.strategy.interpolation), ctx.grid.num_prefix)
 
     def resize_state_dict(self, state_dict, prefix):

@@ -1,0 +1,4 @@
+"""Detection and segmentation with vitpe backbones (ViTDet): window attention in the trunk, a simple feature
+pyramid, and torchvision heads built by name."""
+from .backbone import DenseBackbone, ViTBackbone, build_backbone, vitdet_global_blocks
+from .pyramid import SimpleFeaturePyramid
