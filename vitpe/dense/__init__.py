@@ -2,3 +2,5 @@
 pyramid, and torchvision heads built by name."""
 from .backbone import DenseBackbone, ViTBackbone, build_backbone, vitdet_global_blocks
 from .pyramid import SimpleFeaturePyramid
+from .detection import DETECTORS, build_detector
+from .segmentation import SEGMENTERS, SemanticFPNHead, Segmenter, UPerHead, build_segmenter
