@@ -85,7 +85,8 @@ def test_a_crop_that_drops_a_box_drops_its_label_and_mask():
             assert len(out['boxes']) == len(out['labels']) == len(out['masks'])
             for box, m in zip(out['boxes'], out['masks']):
                 ys, xs = np.nonzero(m)
-                np.testing.assert_allclose(box, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], atol=3)  # nearest-neighbour masks at up to 2x
+                # nearest-neighbour masks scaled up to 2x: a few pixels off the exactly scaled box
+                np.testing.assert_allclose(box, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], atol=3)
             if name != 'flip':
                 assert out['image'].shape == (48, 48, 3)
 

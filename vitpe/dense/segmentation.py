@@ -90,7 +90,8 @@ class Segmenter(nn.Module):
     loss ``{'loss_seg': cross entropy}``; ``predict(images)`` the label maps (B, H, W)."""
 
     def __init__(self, backbone: DenseBackbone, head: nn.Module, num_classes: int, ignore_index: int = 255,
-                 image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, image_std: Sequence[float] = IMAGENET_DEFAULT_STD):
+                 image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+                 image_std: Sequence[float] = IMAGENET_DEFAULT_STD):
         super().__init__()
         self.backbone, self.head = backbone, head
         self.num_classes, self.ignore_index = num_classes, ignore_index

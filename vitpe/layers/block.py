@@ -14,13 +14,12 @@ from .attention import Attention
 class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, layer: int, mlp_ratio: float = 4., qkv_bias: bool = True,
                  qk_norm: bool = False, init_values: Optional[float] = None, attn_drop: float = 0.,
-                 proj_drop: float = 0., drop_path: float = 0., norm_layer=nn.LayerNorm, act_layer=nn.GELU,
-                 windowed: bool = False):
+                 proj_drop: float = 0., drop_path: float = 0., norm_layer=nn.LayerNorm, act_layer=nn.GELU):
         super().__init__()
         self.layer = layer
         self.norm1 = norm_layer(dim)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, qk_norm=qk_norm, attn_drop=attn_drop,
-                              proj_drop=proj_drop, norm_layer=norm_layer, windowed=windowed)
+                              proj_drop=proj_drop, norm_layer=norm_layer)
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = norm_layer(dim)

@@ -36,17 +36,6 @@ def _check_trunk_args(global_pool: str, class_token: bool, in_chans) -> None:
         raise ValueError(f"invalid in_chans={in_chans!r}; expected a positive integer")
 
 
-def _check_windows(window_size, global_blocks, rank: int, depth: int):
-    global_blocks = (global_blocks,) if isinstance(global_blocks, int) else tuple(global_blocks)
-    if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < depth for i in global_blocks):
-        raise ValueError(f"invalid global_blocks={global_blocks!r}; expected block indices in [0, {depth})")
-    if window_size is None:
-        if global_blocks:
-            raise ValueError(f"global_blocks={global_blocks!r} needs a window_size (the other blocks' window)")
-        return None, global_blocks
-    return to_window(window_size, rank), global_blocks
-
-
 class VisionTransformer(nn.Module):
     """Vision Transformer over images (patch_size of 2 entries) or video (3 entries: T, H, W) with a
     pluggable positional scheme.
@@ -89,8 +78,7 @@ class VisionTransformer(nn.Module):
             act_layer=None,
             pos_enc: str = 'ape',
             pos_enc_args: Optional[Dict[str, Any]] = None,
-            window_size: Optional[Union[int, Sequence[int]]] = None,
-            global_blocks: Sequence[int] = (),
+            window_size: Optional[Union[int, Sequence[int]]] = None, global_blocks: Sequence[int] = (),
     ):
         super().__init__()
         _check_trunk_args(global_pool, class_token, in_chans)
@@ -107,17 +95,14 @@ class VisionTransformer(nn.Module):
         self.pos_enc = create_pos_encoding(
             pos_enc, dim=embed_dim, num_heads=num_heads, depth=depth, grid_size=self.patch_embed.grid_size,
             num_prefix_tokens=self.num_prefix_tokens, **(pos_enc_args or {}))
-        self.window_size, self.global_blocks = _check_windows(window_size, global_blocks, rank, depth)
-        if self.window_size is not None:
-            self.pos_enc.set_attention_window(self.window_size)
         self.pos_drop = nn.Dropout(pos_drop_rate)
         self.norm_pre = norm_layer(embed_dim) if pre_norm else nn.Identity()
-        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth decay rule
         block = partial(Block, embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_norm=qk_norm,
                         init_values=init_values, attn_drop=attn_drop_rate, proj_drop=proj_drop_rate,
                         norm_layer=norm_layer, act_layer=act_layer)
-        self.blocks = nn.ModuleList([block(layer=i, drop_path=dpr[i], windowed=self.window_size is not None
-                                           and i not in self.global_blocks) for i in range(depth)])
+        self.blocks = nn.ModuleList([block(layer=i, drop_path=drop_path_rate * i / max(depth - 1, 1))  # linear decay
+                                     for i in range(depth)])
+        self.set_windows(window_size, global_blocks)
         self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=max(patch_size))
                              for i in range(depth)]
         use_fc_norm = global_pool == 'avg' if fc_norm is None else fc_norm
@@ -142,6 +127,21 @@ class VisionTransformer(nn.Module):
             trunc_normal_(self.head.weight, std=.02)
             nn.init.zeros_(self.head.bias)
         self.pos_enc.init_weights()
+
+    def set_windows(self, window_size: Optional[Union[int, Sequence[int]]], global_blocks: Sequence[int] = ()) -> None:
+        """Window attention (ViTDet) in every block but ``global_blocks``; ``window_size`` None: global everywhere."""
+        depth = len(self.blocks)
+        global_blocks = (global_blocks,) if isinstance(global_blocks, int) else tuple(global_blocks)
+        if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < depth for i in global_blocks):
+            raise ValueError(f"invalid global_blocks={global_blocks!r}; expected block indices in [0, {depth})")
+        if window_size is None and global_blocks:
+            raise ValueError(f"global_blocks={global_blocks!r} needs a window_size (the other blocks' window)")
+        self.window_size = None if window_size is None else to_window(window_size, self.patch_embed.rank)
+        self.global_blocks = global_blocks
+        for i, blk in enumerate(self.blocks):
+            blk.attn.windowed = self.window_size is not None and i not in global_blocks
+        if self.window_size is not None:
+            self.pos_enc.set_attention_window(self.window_size)
 
     attn_logit_scaling = MovedStrategyAttribute(lambda strategy: strategy.logit)  # 0.1.0's flag
 
