@@ -140,6 +140,15 @@ def test_abswin_window_table_aligns_with_the_attention_window():
         micro('abswin', pos_enc_args=dict(window_size=3), window_size=4)
     ok = micro('abswin', pos_enc_args=dict(window_size=2), window_size=4)  # 4 is a multiple of 2
     assert ok(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+    aligned = micro('abswin', window_size=8)  # the default table (4: the micro grid) aligns with 8: kept
+    assert tuple(aligned.pos_enc.pos_embed_window.shape[1:3]) == (4, 4)
+    trained = micro('abswin')
+    trained.load_state_dict(micro('abswin').state_dict())
+    table = trained.pos_enc.pos_embed_window.detach().clone()
+    with pytest.raises(ValueError, match='not a multiple'):  # a loaded table is never re-made
+        trained.set_windows(3)
+    trained.set_windows(8)
+    assert torch.equal(trained.pos_enc.pos_embed_window, table)
 
 
 def test_window_options_are_checked():

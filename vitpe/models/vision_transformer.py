@@ -136,12 +136,12 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"invalid global_blocks={global_blocks!r}; expected block indices in [0, {depth})")
         if window_size is None and global_blocks:
             raise ValueError(f"global_blocks={global_blocks!r} needs a window_size (the other blocks' window)")
-        self.window_size = None if window_size is None else to_window(window_size, self.patch_embed.rank)
-        self.global_blocks = global_blocks
+        window = None if window_size is None else to_window(window_size, self.patch_embed.rank)
+        if window is not None:
+            self.pos_enc.set_attention_window(window)  # first: it may refuse the window
+        self.window_size, self.global_blocks = window, global_blocks
         for i, blk in enumerate(self.blocks):
-            blk.attn.windowed = self.window_size is not None and i not in global_blocks
-        if self.window_size is not None:
-            self.pos_enc.set_attention_window(self.window_size)
+            blk.attn.windowed = window is not None and i not in global_blocks
 
     attn_logit_scaling = MovedStrategyAttribute(lambda strategy: strategy.logit)  # 0.1.0's flag
 

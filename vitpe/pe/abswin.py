@@ -21,8 +21,8 @@ class AbsWinPE(PositionalEncoding):
     fixed window size.
 
     Options:
-        window_size: size of the tiled window table (default 7 per axis, capped at the reference grid, or the
-            attention window in a model with window attention; a checkpoint loads with its own window size).
+        window_size: size of the tiled window table (default 7 per axis, capped at the reference grid; in a model
+            with window attention, the attention window when that does not align; a checkpoint loads with its own).
             With window attention the attention window must be a multiple of it, so that every attention
             window sees the same tiles (the alignment the paper is about); otherwise the forward raises.
         global_size: size of the global table (default: the reference grid).
@@ -67,7 +67,10 @@ class AbsWinPE(PositionalEncoding):
         return (glob + tiled).flatten(1, -2)
 
     def set_attention_window(self, window):
-        if self.window_option is None:  # the default window table is the attention window
+        """A default window table that does not align with the attention window is made anew at the window's
+        size (at construction; a table that was given, loaded or aligns is kept, and a misaligned one raises)."""
+        table = table_shape(self, 'pos_embed_window')
+        if self.window_option is None and any(w % t for w, t in zip(window, table)):
             self.pos_embed_window = nn.Parameter(trunc_normal_(self.pos_embed_window.new_zeros(1, *window, self.dim),
                                                                std=.02))
         self.check_alignment(window)
@@ -92,6 +95,7 @@ class AbsWinPE(PositionalEncoding):
         size = tuple(self.pos_embed.shape[1:-1])
         if key in state_dict and tuple(state_dict[key].shape[1:-1]) != size:
             state_dict[key] = resample_table(state_dict[key], size, self.interpolation, self.antialias)
+        self.window_option = 'loaded'  # a later window attention keeps this table
         window = state_dict.get(prefix + 'pos_embed_window')
         if window is not None and window.shape != self.pos_embed_window.shape and window.ndim == self.rank + 2:
             self.pos_embed_window = nn.Parameter(self.pos_embed_window.new_zeros(window.shape),
