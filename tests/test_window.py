@@ -173,3 +173,18 @@ def test_windowed_model_traces(scheme, options):
     x = torch.randn(2, 3, 80, 112)
     with torch.no_grad():
         torch.testing.assert_close(fx(x)['logits'], m(x), rtol=0, atol=0)
+
+
+def test_windowed_model_exports_with_dynamic_sizes():
+    """torch.export with dynamic height and width (example 64 x 64: grid 4 x 4, padded to 6 x 6): the window counts
+    and the padding follow the input. A program exported at a padded size refuses a size the window divides on
+    an axis with a guard error (export at such a size for those)."""
+    from vitpe.deploy import export_model
+    m = micro('decomposed', window_size=3, global_blocks=(1,))
+    program = export_model(m).module()
+    with torch.no_grad():
+        for size in ((80, 112), (112, 80), (160, 128)):
+            x = torch.randn(1, 3, *size)
+            torch.testing.assert_close(program(x), m(x), rtol=1e-4, atol=1e-5)
+        with pytest.raises(AssertionError, match='Guard failed'):
+            program(torch.randn(1, 3, 96, 112))

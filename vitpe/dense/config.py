@@ -23,8 +23,9 @@ class DenseConfig:
     model_kwargs: Dict[str, Any] = option(help='extra backbone arguments (JSON or key=value), e.g. pos_enc_args',
                                           factory=dict, nargs='+')
     window_size: Optional[int] = option(None, 'window attention (ViTDet: 14); none: global attention')
-    global_blocks: List[int] = option(help='blocks with global attention (ViTDet-B: 2 5 8 11)', factory=list,
-                                      nargs='*', type=int)
+    global_blocks: Optional[List[int]] = option(None, "blocks with global attention (none: ViTDet's, the last of "
+                                                "each quarter of the trunk: 2 5 8 11 for depth 12)", nargs='*',
+                                                type=int)
     backbone_checkpoint: Optional[str] = option(None, 'classification checkpoint of the backbone model')
     channels: int = option(256, 'pyramid width')
     head_channels: Optional[int] = option(None, 'head width (R-CNN box head, mask head / segmentation head)')
@@ -62,8 +63,7 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     hints = typing.get_type_hints(DenseConfig)
     for f in dataclasses.fields(DenseConfig):
         kwargs = _argument(f, hints[f.name])
-        if typing.get_origin(hints[f.name]) is list:
-            kwargs.pop('type')
+        if f.name == 'global_blocks':  # a list of ints
             kwargs['type'] = int
         p.add_argument(_flag(f.name), **kwargs)
     return p

@@ -64,7 +64,8 @@ def datasets(cfg: DenseConfig, root: str):
 
 
 def build(cfg: DenseConfig) -> torch.nn.Module:
-    backbone_args = dict(cfg.model_kwargs, window_size=cfg.window_size, global_blocks=tuple(cfg.global_blocks),
+    blocks = None if cfg.global_blocks is None else tuple(cfg.global_blocks)
+    backbone_args = dict(cfg.model_kwargs, window_size=cfg.window_size, global_blocks=blocks,
                          checkpoint=cfg.backbone_checkpoint)
     if cfg.task == 'detection':
         head = dict(box_head_size=cfg.head_channels, mask_head_channels=cfg.head_channels) if cfg.head_channels \

@@ -29,7 +29,7 @@ class WindowLayout:
 
     @property
     def counts(self) -> Tuple[int, ...]:
-        return tuple(math.ceil(g / w) for g, w in zip(self.grid, self.window))
+        return tuple(-(-g // w) for g, w in zip(self.grid, self.window))  # ceil, in integers (symbolic sizes)
 
     @property
     def padded(self) -> Tuple[int, ...]:
@@ -41,7 +41,9 @@ class WindowLayout:
 
     @property
     def has_padding(self) -> bool:
-        return self.padded != self.grid
+        """Whether the window does not divide the grid; always True when compiling or exporting, where sizes are
+        symbolic and a branch on them would fix them (padding by 0 and masking nothing is then exact)."""
+        return torch.compiler.is_compiling() or self.padded != self.grid
 
     def partition(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens (B, N, C) on ``grid`` -> windows (B * num_windows, prod(window), C), zero padded."""
