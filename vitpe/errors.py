@@ -9,3 +9,8 @@ class CheckpointError(TrainingError):
     """A checkpoint file is missing, unreadable, not a vitpe training checkpoint, or holds pickled objects.
 
     A ``TrainingError``, so code that caught ``TrainingError`` around a load keeps working."""
+
+
+class DataError(ValueError):
+    """A data file or record is bad (missing file, box outside its image, class beyond num_classes, ...); the
+    message names the file and the record."""

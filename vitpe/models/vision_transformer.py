@@ -16,6 +16,7 @@ from timm.models._features import feature_take_indices
 
 from ..layers import Block, PatchEmbed
 from ..layers.patch_embed import clip_size, to_tuple
+from ..layers.window import WindowLayout, to_window
 from . import inflate
 from ..pe import Grid, PosContext, create_pos_encoding
 from ..pe.strategy import (NO_STRATEGY, MovedStrategyAttribute, ResolutionStrategy, attention_logit_scale,
@@ -46,7 +47,9 @@ class VisionTransformer(nn.Module):
     class_token, reg_tokens, fc_norm (None: on for avg pooling), pre_norm, drop_rate, pos_drop_rate,
     attn_drop_rate, proj_drop_rate, drop_path_rate, norm_layer, act_layer, pos_enc (scheme name, see
     ``vitpe.list_pos_encodings()``), pos_enc_args (the scheme's options), num_frames (video: the reference
-    clip length T, with img_size the frame size).
+    clip length T, with img_size the frame size), window_size (None: global
+    attention everywhere; an int or one per axis: ViTDet's window attention, see ``vitpe.layers.window``),
+    global_blocks (with a window: the indices of the blocks that keep global attention, ViTDet-B: 2, 5, 8, 11).
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class VisionTransformer(nn.Module):
             pos_enc: str = 'ape',
             pos_enc_args: Optional[Dict[str, Any]] = None,
             num_frames: Optional[int] = None,
+            window_size: Optional[Union[int, Sequence[int]]] = None, global_blocks: Sequence[int] = (),
     ):
         super().__init__()
         _check_trunk_args(global_pool, class_token, in_chans)
@@ -96,11 +100,12 @@ class VisionTransformer(nn.Module):
             num_prefix_tokens=self.num_prefix_tokens, **(pos_enc_args or {}))
         self.pos_drop = nn.Dropout(pos_drop_rate)
         self.norm_pre = norm_layer(embed_dim) if pre_norm else nn.Identity()
-        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth decay rule
         block = partial(Block, embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_norm=qk_norm,
                         init_values=init_values, attn_drop=attn_drop_rate, proj_drop=proj_drop_rate,
                         norm_layer=norm_layer, act_layer=act_layer)
-        self.blocks = nn.ModuleList([block(layer=i, drop_path=dpr[i]) for i in range(depth)])
+        self.blocks = nn.ModuleList([block(layer=i, drop_path=drop_path_rate * i / max(depth - 1, 1))  # linear decay
+                                     for i in range(depth)])
+        self.set_windows(window_size, global_blocks)
         self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=max(patch_size))
                              for i in range(depth)]
         use_fc_norm = global_pool == 'avg' if fc_norm is None else fc_norm
@@ -126,6 +131,21 @@ class VisionTransformer(nn.Module):
             trunc_normal_(self.head.weight, std=.02)
             nn.init.zeros_(self.head.bias)
         self.pos_enc.init_weights()
+
+    def set_windows(self, window_size: Optional[Union[int, Sequence[int]]], global_blocks: Sequence[int] = ()) -> None:
+        """Window attention (ViTDet) in every block but ``global_blocks``; ``window_size`` None: global everywhere."""
+        depth = len(self.blocks)
+        global_blocks = (global_blocks,) if isinstance(global_blocks, int) else tuple(global_blocks)
+        if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < depth for i in global_blocks):
+            raise ValueError(f"invalid global_blocks={global_blocks!r}; expected block indices in [0, {depth})")
+        if window_size is None and global_blocks:
+            raise ValueError(f"global_blocks={global_blocks!r} needs a window_size (the other blocks' window)")
+        window = None if window_size is None else to_window(window_size, self.patch_embed.rank)
+        if window is not None:
+            self.pos_enc.set_attention_window(window)  # first: it may refuse the window
+        self.window_size, self.global_blocks = window, global_blocks
+        for i, blk in enumerate(self.blocks):
+            blk.attn.windowed = window is not None and i not in global_blocks
 
     attn_logit_scaling = MovedStrategyAttribute(lambda strategy: strategy.logit)  # 0.1.0's flag
 
@@ -213,6 +233,11 @@ class VisionTransformer(nn.Module):
         device = pe.default_device() if is_fx_symbolic_tracing() else x.device  # a proxy under FX tracing
         ctx = PosContext(pe, grid, pe.prepare(grid, strategy, device), strategy,
                          attention_logit_scale(pe, grid, strategy), device)
+        if self.window_size is not None:  # the context of one window: the scheme prepared for the window grid
+            window = Grid(self.window_size, self.num_prefix_tokens)
+            ctx.window = PosContext(pe, window, pe.prepare(window, strategy, device), strategy,
+                                    attention_logit_scale(pe, window, strategy), device,
+                                    layout=WindowLayout(tuple(shape), self.window_size))
         if pe.uses('tokens'):
             x = pe.tokens(x, ctx)
         return self.norm_pre(self.pos_drop(x)), ctx

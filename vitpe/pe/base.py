@@ -33,6 +33,12 @@ Randomised positions (Ruoss et al. 2023): a scheme with coordinates takes the op
 sample's positions, sorted per axis, from that many times the grid (``self.random_positions`` is set by the
 base class; evaluation always uses the grid's own positions).
 
+Window attention (ViTDet): in a window block, ``qk``, ``bias`` and ``value`` get ``ctx.window``, a context whose
+grid is the attention window (with the prefix tokens) and whose state is ``prepare(window grid)``: a scheme sees
+each window as a grid of its own, so relative schemes use the offsets inside the window with no code of their
+own. ``tokens``, ``attn_input`` and ``after_block`` always get the full grid's context (whose ``window`` is the
+window context when the model has window blocks, e.g. for a scheme to check its alignment with the windows).
+
 The resolution strategy of the forward (``ctx.strategy``, see ``strategy.py``) is an argument, never module
 state. The attention temperature has one path: ``ctx.logit_scale`` (``strategy.attention_logit_scale``, to
 which a scheme contributes through :meth:`PositionalEncoding.logit_temperature`).
@@ -99,6 +105,11 @@ class PosContext:
     strategy: ResolutionStrategy = NO_STRATEGY
     logit_scale: float = 1.0
     device: Optional[torch.device] = None  # where per-shape state (ids, indices) is built; None: the scheme's
+    # window attention (``vitpe.layers.window``): the forward's context carries ``window``, the context inside
+    # one window, which window blocks hand to the hooks (its grid is the window, its state prepared for it);
+    # that inner context's ``layout`` says how the full grid is cut into windows
+    window: Optional['PosContext'] = None
+    layout: Optional[Any] = None
 
 
 def _tag(name: str) -> torch.Tensor:
@@ -260,6 +271,10 @@ class PositionalEncoding(nn.Module):
     def logit_temperature(self, grid: Grid, strategy: ResolutionStrategy) -> float:
         """The scheme's own factor on the attention logits under ``strategy`` (YaRN's temperature); 1.0."""
         return 1.0
+
+    def set_attention_window(self, window: Tuple[int, ...]) -> None:
+        """Called once by a trunk built with window attention of shape ``window`` (see ``PosContext.window``): a
+        scheme with a table tied to the attention window adapts it here (abswin). Default: nothing."""
 
     # ----------------------------------------------------------------- hooks (declare and override)
     def init_weights(self) -> None:
