@@ -215,8 +215,9 @@ def xpos_reference(q, k, rows, cols, theta, gamma, base, signs):
                 freq, zeta = theta ** (-kk / n), (kk / n + gamma) / (1 + gamma)
                 s = signs[axis]
                 qa, ka = complex(*q[i, 2 * p:2 * p + 2].tolist()), complex(*k[j, 2 * p:2 * p + 2].tolist())
-                qa *= complex(math.cos(freq * pi[axis]), math.sin(freq * pi[axis])) * zeta ** (s * (pi[axis] - centre[axis]) / base)
-                ka *= complex(math.cos(freq * pj[axis]), math.sin(freq * pj[axis])) * zeta ** (-s * (pj[axis] - centre[axis]) / base)
+                ni, nj = pi[axis] - centre[axis], pj[axis] - centre[axis]  # centred positions on the pair's axis
+                qa *= complex(math.cos(freq * pi[axis]), math.sin(freq * pi[axis])) * zeta ** (s * ni / base)
+                ka *= complex(math.cos(freq * pj[axis]), math.sin(freq * pj[axis])) * zeta ** (-s * nj / base)
                 total += (qa * ka.conjugate()).real
             out[i, j] = total
     return out
@@ -323,3 +324,54 @@ def test_micro_model_trains_with_random_positions(name):
     loss.backward()
     opt.step()
     assert torch.isfinite(loss) and all(torch.isfinite(p).all() for p in m.parameters())
+
+
+@pytest.mark.parametrize('name', ['sincos', 'fourier', 'rope_axial', 'rope_mixed'])
+def test_random_positions_in_the_schemes_with_coordinates(name):
+    """Training with random_positions: per-sample positions (the output of one image depends on the draw, and the
+    same draw gives the same output); evaluation: exactly the model without the option."""
+    plain = micro(name)
+    m = micro(name, pos_enc_args=dict(random_positions=4))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), plain(x), rtol=0, atol=0)
+        m.train()
+        torch.manual_seed(3)
+        a = m(x)
+        torch.manual_seed(3)
+        b = m(x)
+        torch.manual_seed(4)
+        c = m(x)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(a, c)
+    m(x).sum().backward()  # trains
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+
+def test_drawn_positions_enter_rope_axial_as_the_formula():
+    """rope_axial with drawn positions rotates each sample by its own positions (compared with the rotation the
+    scheme makes for those coordinates)."""
+    pe = vitpe.create_pos_encoding('rope_axial', dim=64, num_heads=4, depth=2, grid_size=(4, 4), num_prefix_tokens=1,
+                                   random_positions=4).train()
+    grid = Grid((2, 3), 1)
+    ctx = PosContext(pe, grid, pe.prepare(grid), device=torch.device('cpu'))
+    q = torch.randn(3, 4, 7, 16)
+    got, _ = pe.qk(q, q, ctx, 0)
+    pos = ctx.state.positions.of_batch(3).float()
+    from vitpe.pe.rotary import rotate_pairs
+    for b in range(3):  # each channel pair: its axis's coordinate times its frequency
+        rot = pe.with_prefix(pos[b][:, pe.pair_axis] * pe.freqs, 1)
+        torch.testing.assert_close(got[b], rotate_pairs(q[b], rot))
+
+
+def test_position_interpolation_scales_the_offsets():
+    """'pi' at a 4 x 6 grid (the training grid 4 x 4): column offsets times 4/6, as the distances ALiBi sees."""
+    pe = scheme('alibi')
+    grid = Grid((4, 6), 0)
+    strategy = vitpe.pe.ResolutionStrategy.parse('pi')
+    ctx = PosContext(pe, grid, pe.prepare(grid, strategy), strategy, device=torch.device('cpu'))
+    q = torch.zeros(1, 4, 24, 16)
+    got = pe.bias(q, q, ctx, 0)[0, 0]
+    rows, cols = torch.arange(24) // 6, (torch.arange(24) % 6) * 4 / 6
+    d = ((rows[:, None] - rows[None]) ** 2 + (cols[:, None] - cols[None]) ** 2).sqrt()
+    torch.testing.assert_close(got, -d / 4)

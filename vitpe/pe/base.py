@@ -213,6 +213,11 @@ class PositionalEncoding(nn.Module):
     def uses(self, hook: str) -> bool:
         return hook in self.hooks
 
+    @property
+    def draws_positions(self) -> bool:
+        """Whether a forward now draws randomised positions (training, with ``random_positions``)."""
+        return self.training and self.random_positions > 0
+
     def default_device(self) -> torch.device:
         """Where this module's tensors live: state is built there when ``prepare`` or a lookup is called without
         a device (the trunk always passes the input's)."""

@@ -88,7 +88,7 @@ class GridPositions:
 
     def __init__(self, pe, shape: Tuple[int, ...], strategy: ResolutionStrategy, device):
         self.shape, self.device = tuple(shape), device
-        self.factor = pe.random_positions if (pe.training and pe.random_positions) else 0.
+        self.factor = pe.random_positions if pe.draws_positions else 0.
         self.extents = random_extents(shape, self.factor) if self.factor else self.shape
         self.scale = position_scale(pe.grid_size, self.shape, strategy)
         self.fixed = None if self.factor else pe.cached(
@@ -160,14 +160,22 @@ def sincos_embed(shape: Sequence[int], dim: int, temperature: float = 10000., de
     rank = len(shape)
     if dim % 2:
         raise ValueError(f"sincos: dim={dim} must split into {rank} even parts (one per axis)")
-    split = axis_split(dim // 2, rank, split, f"sincos: dim={dim}")
-    coords = coord_grid(shape, device=device, scale=scale)
+    return sincos_of(coord_grid(shape, device=device, scale=scale), dim, temperature,
+                     axis_split(dim // 2, rank, split, f"sincos: dim={dim}"))
+
+
+def sincos_of(coords: torch.Tensor, dim: int, temperature: float = 10000.,
+              split: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """``sincos_embed`` of given coordinates (..., N, rank): (..., N, dim); ``split``: frequencies per axis
+    (``axis_split``'s default when None)."""
+    rank = coords.shape[-1]
+    split = axis_split(dim // 2, rank, split, f"sincos: dim={dim}") if split is None else split
     embs = []
     for a in reversed(range(rank)):
-        omega = 1. / temperature ** (torch.arange(split[a], device=device, dtype=torch.float32) / split[a])
-        ang = coords[:, a:a + 1] * omega
+        omega = 1. / temperature ** (torch.arange(split[a], device=coords.device, dtype=torch.float32) / split[a])
+        ang = coords[..., a:a + 1] * omega
         embs += [ang.sin(), ang.cos()]
-    return torch.cat(embs, dim=1)
+    return torch.cat(embs, dim=-1)
 
 
 # --------------------------------------------------------------------------------------------- tables

@@ -10,8 +10,9 @@ f: Linear(inputs, 32) -> ReLU -> Linear(32, heads) (the paper's width), c learne
 L = ``threshold`` x the training grid's largest offset (0.25: the paper's L = 512 at training length 2048); an
 epsilon 1e-6 is added to the normaliser. The paper also learns a multiplier of L; here L is fixed: the
 normaliser of a grid is its largest offset, larger than L at the training grid, so a learned L would get no
-gradient in training (L acts only on grids smaller than it, where it keeps the offsets from being stretched). Adaptation to bidirectional
-attention over a grid: the paper's normaliser is the query's position i (the number of keys a causal query
+gradient in training (L acts only on grids smaller than it, where it keeps the offsets from being stretched).
+
+Adaptation to bidirectional attention over a grid: the paper's normaliser is the query's position i (the number of keys a causal query
 sees); here it is the largest offset of the grid this forward runs on (D = the largest distance, D_a = E_a - 1
 per axis), the same for every query. 'distance' uses the Euclidean distance (unsigned, as the paper's offsets);
 'axes' gives the MLP each axis's offset o_a = p_i,a - p_j,a with its sign, so a head can tell left from right.

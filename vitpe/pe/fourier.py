@@ -5,19 +5,22 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
 
 from .base import PEState, PositionalEncoding
-from .common import add_to_patches, check_positive, check_positive_int, coord_grid
+from .common import (GridPositions, add_to_patches, check_positive, check_positive_int, check_random_positions,
+                     coord_grid)
 from .registry import register_pos_encoding
 from .strategy import NO_STRATEGY
 
 
 @dataclass
 class FourierState(PEState):
-    coords: torch.Tensor  # (N, rank), in units of the training grid
+    coords: Optional[torch.Tensor]  # (N, rank), in units of the training grid (None: drawn, ``positions``)
+    positions: Optional[GridPositions] = None
 
 
 @register_pos_encoding
@@ -37,7 +40,7 @@ class FourierPE(PositionalEncoding):
     the 2D form on the same W_r columns (tested, through a 2D checkpoint, whose W_r gets a zero t column).
 
     Options: num_features F (64), hidden_dim (32), gamma (1.0), feature_sets S (1; ``groups`` is its old,
-    deprecated name).
+    deprecated name), random_positions (0: off; a factor: randomised positions in training, ``GridPositions``).
     """
     name = 'fourier'
     hooks = frozenset({'tokens'})
@@ -51,8 +54,10 @@ class FourierPE(PositionalEncoding):
             options['feature_sets'] = options.pop('groups')
 
     def __init__(self, *, num_features: int = 64, hidden_dim: int = 32, gamma: float = 1.0, feature_sets: int = 1,
-                 **common):
+                 random_positions: float = 0., **common):
         super().__init__(**common)
+        check_random_positions(self.name, random_positions)
+        self.random_positions = float(random_positions)
         for opt, v in (('num_features', num_features), ('hidden_dim', hidden_dim), ('feature_sets', feature_sets)):
             check_positive_int(self.name, opt, v)
         check_positive(self.name, 'gamma', gamma)
@@ -87,15 +92,18 @@ class FourierPE(PositionalEncoding):
         """r of Eq. 2 for (N, M) coordinates, (S, F, N), in float32 whatever the autocast dtype (positions times
         frequencies lose their fractional part in bf16)."""
         with torch.autocast(coords.device.type, enabled=False):
-            proj = torch.einsum('nm,gfm->gfn', coords.float(), self.freqs.float())  # (S, F/2, N)
-            return torch.cat([proj.cos(), proj.sin()], dim=1) / math.sqrt(self.num_features)
+            proj = torch.einsum('...nm,gfm->...gfn', coords.float(), self.freqs.float())  # ([B,] S, F/2, N)
+            return torch.cat([proj.cos(), proj.sin()], dim=-2) / math.sqrt(self.num_features)
 
     def features(self, coords: torch.Tensor) -> torch.Tensor:
-        """Eq. 2 for (N, M) coordinates: (1, N, D) (the MLP under the caller's autocast)."""
-        return self.mlp(self.fourier_terms(coords).reshape(1, -1, coords.shape[0])).transpose(1, 2)
+        """Eq. 2 for (N, M) coordinates: (1, N, D) (for (B, N, M): (B, N, D); the MLP under the caller's autocast)."""
+        lead = coords.shape[0] if coords.dim() == 3 else 1
+        return self.mlp(self.fourier_terms(coords).reshape(lead, -1, coords.shape[-2])).transpose(1, 2)
 
     def prepare(self, grid, strategy=NO_STRATEGY, device=None):
         device = device or self.default_device()
+        if self.draws_positions:  # randomised positions in training, in units of the training grid
+            return FourierState(None, GridPositions(self, grid.shape, strategy, device))
         if strategy.positions == 'pi':  # position interpolation: the test grid spans [0, 1) too
             scale = tuple(1. / g for g in grid.shape)
         else:
@@ -105,4 +113,7 @@ class FourierPE(PositionalEncoding):
         return FourierState(coords)
 
     def tokens(self, x, ctx):
-        return add_to_patches(x, self.features(ctx.state.coords), ctx.grid.num_prefix)
+        state = ctx.state
+        coords = state.coords if state.positions is None else (
+            state.positions.coords(x.shape[0]) / torch.tensor(self.unit, device=x.device))
+        return add_to_patches(x, self.features(coords), ctx.grid.num_prefix)

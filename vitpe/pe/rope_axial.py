@@ -7,9 +7,9 @@ from typing import Optional, Sequence
 import torch
 
 from .base import PEState, PosContext
-from .common import axial_ladder, grid_coords
+from .common import GridPositions, axial_ladder, grid_coords
 from .registry import ZooEntry, register_pos_encoding
-from .rotary import RotaryPE, rotate_pairs
+from .rotary import DrawnRotation, RotaryPE, rotate_pairs
 from .strategy import NO_STRATEGY
 
 
@@ -31,14 +31,16 @@ class RoPEAxial(RotaryPE):
     head_dim 2 (n_h + n_w).
 
     Options: theta (100, the paper's base), ape (also add a learned APE, RoPE-ViT's ``rope_ape``),
-    antialias (of that APE's resampling), split (channel pairs per axis in grid order; None: as above).
+    antialias (of that APE's resampling), split (channel pairs per axis in grid order; None: as above),
+    random_positions (0: off; a factor: randomised positions in training, ``common.GridPositions``).
     """
     name = 'rope_axial'
     zoo = (ZooEntry('rope_axial'), ZooEntry('rope_axial_ape', dict(ape=True), ('small', 'base')))
 
     def __init__(self, *, theta: float = 100., ape: bool = False, antialias: bool = True,
-                 split: Optional[Sequence[int]] = None, **common):
-        super().__init__(theta=theta, ape=ape, antialias=antialias, split=split, **common)
+                 split: Optional[Sequence[int]] = None, random_positions: float = 0., **common):
+        super().__init__(theta=theta, ape=ape, antialias=antialias, split=split, random_positions=random_positions,
+                         **common)
         freqs, axis = axial_ladder(self.split, self.theta)
         self.register_buffer('freqs', freqs, persistent=False)  # (P,), the axis of each in ``pair_axis``
         self.register_buffer('pair_axis', axis, persistent=False)
@@ -51,9 +53,12 @@ class RoPEAxial(RotaryPE):
 
     def prepare(self, grid, strategy=NO_STRATEGY, device=None):
         device = device or self.default_device()
+        axis = self.pair_axis.to(device)
+        if self.draws_positions:  # per-sample positions: the rotation is made in qk, once per forward
+            return DrawnRotation(GridPositions(self, grid.shape, strategy, device),
+                                 self.scale_freqs(self.freqs.to(device), grid, strategy, axis), grid.num_prefix)
 
         def build():
-            axis = self.pair_axis.to(device)
             angles = grid_coords(self, grid.shape, strategy, device)[:, axis] * self.scale_freqs(
                 self.freqs.to(device), grid, strategy, axis)  # (N, P): coordinate of the pair's axis x frequency
             return self.with_prefix(angles, grid.num_prefix)
@@ -61,5 +66,11 @@ class RoPEAxial(RotaryPE):
         return RotationState(self.cached(key, build))
 
     def qk(self, q, k, ctx: PosContext, layer: int):
-        rot = ctx.state.rot
+        state = ctx.state
+        if isinstance(state, RotationState):
+            rot = state.rot
+        else:  # drawn coordinates (B, N, rank): the coordinate of each pair's axis times its frequency
+            axis = self.pair_axis.to(state.freqs.device)
+            rot = state.made(q.shape[0], lambda coords: self.with_prefix(
+                coords[..., axis] * state.freqs, state.num_prefix)[:, None])
         return rotate_pairs(q, rot), rotate_pairs(k, rot)

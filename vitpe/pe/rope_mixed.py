@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .base import PEState
-from .common import grid_coords
+from .common import GridPositions, grid_coords
 from .registry import ZooEntry, register_pos_encoding
 from .rotary import RotaryPE, rope_mixed_angles, rope_mixed_init, rotate_pairs
 from .strategy import NO_STRATEGY
@@ -16,9 +16,10 @@ from .strategy import NO_STRATEGY
 
 @dataclass
 class MixedRotationState(PEState):
-    coords: torch.Tensor  # (N, rank) patch coordinates
+    coords: Optional[torch.Tensor]  # (N, rank) patch coordinates (None: drawn per sample, ``positions``)
     freqs: torch.Tensor  # (rank, depth | 1, heads, head_dim/2), after the resolution strategy
     num_prefix: int
+    positions: Optional[GridPositions] = None
 
 
 @register_pos_encoding
@@ -33,14 +34,16 @@ class RoPEMixed(RotaryPE):
 
     Options: theta (10, the paper's base), ape (also add a learned APE), antialias (of that APE's
     resampling), per_layer (frequencies per layer, True; False shares one set over all layers), split (the
-    initial chunk of channel pairs per axis, grid order; None: as rope_axial).
+    initial chunk of channel pairs per axis, grid order; None: as rope_axial), random_positions (0: off; a
+    factor: randomised positions in training, ``common.GridPositions``).
     """
     name = 'rope_mixed'
     zoo = (ZooEntry('rope_mixed'), ZooEntry('rope_mixed_ape', dict(ape=True), ('small', 'base')))
 
     def __init__(self, *, theta: float = 10., ape: bool = False, antialias: bool = True, per_layer: bool = True,
-                 split: Optional[Sequence[int]] = None, **common):
-        super().__init__(theta=theta, ape=ape, antialias=antialias, split=split, **common)
+                 split: Optional[Sequence[int]] = None, random_positions: float = 0., **common):
+        super().__init__(theta=theta, ape=ape, antialias=antialias, split=split, random_positions=random_positions,
+                         **common)
         self.per_layer = per_layer
         freqs = rope_mixed_init(self.head_dim, self.depth if per_layer else 1, self.num_heads, self.rank, self.theta,
                                 self.split)
@@ -60,11 +63,13 @@ class RoPEMixed(RotaryPE):
         # the rotation of each layer is built in ``qk`` when the layer runs, so inference holds one
         # layer's (heads, N, P) rotation at a time instead of all depth x heads x N x P at once
         device = device or self.default_device()
-        return MixedRotationState(grid_coords(self, grid.shape, strategy, device),
-                                  self.scale_freqs(self.freqs, grid, strategy), grid.num_prefix)
+        drawn = GridPositions(self, grid.shape, strategy, device) if self.draws_positions else None
+        return MixedRotationState(grid_coords(self, grid.shape, strategy, device) if drawn is None else None,
+                                  self.scale_freqs(self.freqs, grid, strategy), grid.num_prefix, drawn)
 
     def qk(self, q, k, ctx, layer):
         state = ctx.state
-        ang = rope_mixed_angles(state.coords, state.freqs[:, layer if self.per_layer else 0])  # (heads, N, P)
+        coords = state.coords if state.positions is None else state.positions.coords(q.shape[0])[:, None]
+        ang = rope_mixed_angles(coords, state.freqs[:, layer if self.per_layer else 0])  # ([B,] heads, N, P)
         rot = self.with_prefix(ang, state.num_prefix)
         return rotate_pairs(q, rot), rotate_pairs(k, rot)

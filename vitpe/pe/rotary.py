@@ -17,8 +17,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .base import PositionalEncoding
-from .common import LearnedTable, axial_ladder, axis_split, check_bool, check_positive
+from .base import PEState, PositionalEncoding
+from .common import LearnedTable, axial_ladder, axis_split, check_bool, check_positive, check_random_positions
 from .converters import from_timm_eva
 from .strategy import NO_STRATEGY, ResolutionStrategy
 
@@ -33,10 +33,11 @@ def rope_axial_freqs(head_dim: int, rank: int, theta: float) -> torch.Tensor:
 
 
 def rope_axial_angles(coords: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """(N, head_dim/2) angles. Channel pairs are grouped by axis, last axis first, so for 2D the
-    first half of the pairs rotates with the column c, the second with the row r (timm 'xy')."""
-    rank = coords.shape[1]
-    return torch.cat([coords[:, a:a + 1] * freqs for a in reversed(range(rank))], dim=1)
+    """(N, head_dim/2) angles of coords (N, rank) (or (B, N, rank): (B, N, head_dim/2)). Channel pairs are grouped
+    by axis, last axis first, so for 2D the first half of the pairs rotates with the column c, the second with
+    the row r (timm 'xy')."""
+    rank = coords.shape[-1]
+    return torch.cat([coords[..., a:a + 1] * freqs for a in reversed(range(rank))], dim=-1)
 
 
 def rope_mixed_init(head_dim: int, depth: int, num_heads: int, rank: int, theta: float,
@@ -71,12 +72,12 @@ def _rope_mixed_init_uneven(chunks: Sequence[int], depth: int, num_heads: int, t
 
 
 def rope_mixed_angles(coords: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """Angles c*f_x + r*f_y (+ t*f_t): coords (N, rank) in ``coord_grid`` order, freqs (rank, ..., P)
-    with axis 0 = x (last coordinate). Returns (..., N, P), computed in float32."""
-    rank = coords.shape[1]
+    """Angles c*f_x + r*f_y (+ t*f_t): coords (N, rank) in ``coord_grid`` order (or (B, 1, N, rank): per sample),
+    freqs (rank, ..., P) with axis 0 = x (last coordinate). Returns (..., N, P), computed in float32."""
+    rank = coords.shape[-1]
     ang = 0
     for i in range(rank):
-        ang = ang + coords[:, rank - 1 - i, None].float() * freqs[i].float().unsqueeze(-2)
+        ang = ang + coords[..., rank - 1 - i, None].float() * freqs[i].float().unsqueeze(-2)
     return ang
 
 
@@ -112,6 +113,21 @@ def rotate_pairs(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(xc * rot).flatten(-2).to(x.dtype)
 
 
+class DrawnRotation(PEState):
+    """The rotation state of a forward with randomised positions (training): the positions are drawn per sample
+    (``common.GridPositions``) and the rotation made from them on first use, then kept for the forward."""
+
+    def __init__(self, positions, freqs: torch.Tensor, num_prefix: int):
+        self.positions, self.freqs, self.num_prefix = positions, freqs, num_prefix
+        self._made = {}
+
+    def made(self, batch: int, build):
+        """``build(coords (B, N, rank))`` for this batch, once per forward."""
+        if batch not in self._made:
+            self._made[batch] = build(self.positions.coords(batch))
+        return self._made[batch]
+
+
 class RotaryPE(PositionalEncoding):
     """Shared by the RoPE schemes: the optional APE (RoPE + APE variants), the rotation of patch tokens,
     the strategies."""
@@ -121,11 +137,12 @@ class RotaryPE(PositionalEncoding):
     convert_checkpoint = staticmethod(from_timm_eva)
 
     def __init__(self, *, theta: float, ape: bool, antialias: bool = True, split: Optional[Sequence[int]] = None,
-                 **common):
+                 random_positions: float = 0., **common):
         super().__init__(**common)
         check_positive(self.name, 'theta', theta)
         check_bool(self.name, 'ape', ape)
-        self.theta = float(theta)
+        check_random_positions(self.name, random_positions)
+        self.theta, self.random_positions = float(theta), float(random_positions)
         self.split = axis_split(self.head_dim // 2, self.rank, split, f"{self.name}: head_dim={self.head_dim}")
         # RoPE + APE (RoPE-ViT): a learned table on patch tokens only, as timm's ``no_embed_class``; antialias
         # as timm's port, whose checkpoints load with parity (RoPE-ViT's own code resizes without it)

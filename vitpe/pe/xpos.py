@@ -21,15 +21,12 @@ the paper's 1D base is 10000).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from .base import PEState
-from .common import GridPositions, check_positive, check_random_positions
+from .common import GridPositions, check_positive
 from .registry import register_pos_encoding
-from .rotary import RotaryPE, rope_axial_angles, rope_axial_freqs, rotate_pairs
+from .rotary import DrawnRotation, RotaryPE, rope_axial_angles, rope_axial_freqs, rotate_pairs
 from .strategy import NO_STRATEGY
 
 
@@ -51,15 +48,13 @@ def xpos_signs(num_heads: int, rank: int, pairs: int) -> torch.Tensor:
     return signs
 
 
-@dataclass
-class XPosState(PEState):
-    positions: GridPositions
-    freqs: torch.Tensor  # (head_dim / 2,) after the strategy
-    log_decay: torch.Tensor  # (heads, head_dim / 2): s_{h,a} log(zeta_k) / B
-    num_prefix: int
+class XPosState(DrawnRotation):
+    """Positions (the grid's, or drawn per sample), frequencies after the strategy, and log_decay (heads,
+    head_dim / 2) = s_{h,a} log(zeta_k) / B; (rot_q, rot_k) made once per forward."""
 
-    def __post_init__(self):
-        self._made = {}  # batch -> (rot_q, rot_k), made once per forward
+    def __init__(self, positions: GridPositions, freqs: torch.Tensor, log_decay: torch.Tensor, num_prefix: int):
+        super().__init__(positions, freqs, num_prefix)
+        self.log_decay = log_decay
 
 
 @register_pos_encoding
@@ -70,11 +65,10 @@ class XPos(RotaryPE):
 
     def __init__(self, *, theta: float = 100., gamma: float = 0.4, scale_base: float = 512., ape: bool = False,
                  antialias: bool = True, random_positions: float = 0., **common):
-        super().__init__(theta=theta, ape=ape, antialias=antialias, **common)
+        super().__init__(theta=theta, ape=ape, antialias=antialias, random_positions=random_positions, **common)
         check_positive(self.name, 'gamma', gamma)
         check_positive(self.name, 'scale_base', scale_base)
-        check_random_positions(self.name, random_positions)
-        self.gamma, self.scale_base, self.random_positions = float(gamma), float(scale_base), float(random_positions)
+        self.gamma, self.scale_base = float(gamma), float(scale_base)
         rope_axial_freqs(self.head_dim, self.rank, self.theta)  # checks that head_dim splits over the axes
 
     def prepare(self, grid, strategy=NO_STRATEGY, device=None):
@@ -85,24 +79,21 @@ class XPos(RotaryPE):
         return XPosState(GridPositions(self, grid.shape, strategy, device), freqs, log_decay.to(device),
                          grid.num_prefix)
 
-    def rotations(self, state: XPosState, batch: int):
-        """(rot_q, rot_k), each (1 | B, heads, p + N, head_dim / 2) complex: rotation times xPos scale."""
-        pos = state.positions
-        coords = pos.coords(batch)  # (b, N, rank)
-        b, n, rank = coords.shape
-        angles = rope_axial_angles(coords.reshape(-1, rank), state.freqs).reshape(b, n, -1)  # (b, N, P)
+    @staticmethod
+    def rotations(state: XPosState, coords: torch.Tensor):
+        """(rot_q, rot_k), each (1 | B, heads, p + N, head_dim / 2) complex: rotation times xPos scale, for
+        coords (1 | B, N, rank)."""
+        pos, rank = state.positions, coords.shape[-1]
+        angles = rope_axial_angles(coords, state.freqs)  # (b, N, P)
         centre = torch.tensor([(e - 1) / 2 * s for e, s in zip(pos.extents, pos.scale or (1.,) * rank)],
                               device=coords.device)
-        centred = rope_axial_angles((coords - centre).reshape(-1, rank), torch.ones_like(state.freqs))
-        log_scale = centred.reshape(b, 1, n, -1) * state.log_decay[:, None]  # (b, heads, N, P)
+        centred = rope_axial_angles(coords - centre, torch.ones_like(state.freqs))  # each pair's centred coordinate
+        log_scale = centred[:, None] * state.log_decay[:, None]  # (b, heads, N, P)
         pad = (0, 0, state.num_prefix, 0)  # prefix tokens: angle 0, scale 1
         angles, log_scale = F.pad(angles, pad)[:, None], F.pad(log_scale, pad)
         return torch.polar(log_scale.exp(), angles), torch.polar((-log_scale).exp(), angles)
 
     def qk(self, q, k, ctx, layer):
         state = ctx.state
-        batch = q.shape[0] if state.positions.factor else 1
-        rot = state._made.get(batch)
-        if rot is None:
-            rot = state._made[batch] = self.rotations(state, batch)
+        rot = state.made(q.shape[0] if state.positions.factor else 1, lambda coords: self.rotations(state, coords))
         return rotate_pairs(q, rot[0]), rotate_pairs(k, rot[1])
