@@ -146,8 +146,19 @@ def test_a_folder_without_val_is_refused_or_split_with_its_seed(flat, tmp_path):
     loaders = build_loaders(cfg(tmp_path, flat, val_fraction=0.2, seed=5), 0, 1, None)
     assert set(loaders['val_loader'].dataset.indices) == val
     (tmp_path / 'val').mkdir()
+    (tmp_path / 'train').mkdir()
     with pytest.raises(ValueError, match='has a val/ folder; --val-fraction 0.2 would hold out a second'):
         folder_split(str(tmp_path), 'train', None, val_fraction=0.2)
+
+
+def test_a_folder_with_val_but_no_train_is_refused_for_training(tmp_path):
+    """root/cat, root/dog and root/val/{cat,dog}: the root as training data would make val/ a third class."""
+    write_images(tmp_path / 'data', 2, seed=6)
+    write_images(tmp_path / 'data' / 'val', 1, seed=7)
+    with pytest.raises(ValueError, match=r"has a val/ folder but no train/ folder: put the training class folders"):
+        build_loaders(cfg(tmp_path, str(tmp_path / 'data'), batch_size=2), 0, 1, None)
+    val = folder_split(str(tmp_path / 'data'), 'val', None)  # its val/ still evaluates (the sweep)
+    assert val.classes == list(CLASSES) and len(val) == 3
 
 
 def test_class_subset_and_folder_options_on_scenes(imagenet_like, tmp_path):

@@ -103,12 +103,16 @@ def holdout_split(targets: Sequence[int], fraction: float, seed: int) -> tuple:
 def folder_split(root: str, split: str, transform, val_fraction: float = 0.0, split_seed: int = 0,
                  classes: Optional[Sequence[str]] = None) -> Dataset:
     """The ``split`` ('train' or 'val') of an ImageFolder tree: ``root/train`` and ``root/val`` when they exist;
-    a folder without ``val/`` needs ``val_fraction`` (a held-out part of each class, seed ``split_seed``)."""
+    a folder without ``val/`` needs ``val_fraction`` (a held-out part of each class, seed ``split_seed``); one with
+    ``val/`` but no ``train/`` is refused for training (its val/ would be read as a class)."""
     if not os.path.isdir(root):
         raise ValueError(f"image folder {root!r} does not exist or is not a directory")
     train_dir = os.path.join(root, 'train') if os.path.isdir(os.path.join(root, 'train')) else root
     val_dir = os.path.join(root, 'val')
     if os.path.isdir(val_dir):
+        if split == 'train' and train_dir == root:  # ImageFolder would read val/ as a class and train on it
+            raise ValueError(f"{root!r} has a val/ folder but no train/ folder: put the training class folders "
+                             f"in {os.path.join(root, 'train')}/ (or remove val/ and use --val-fraction)")
         if val_fraction:
             raise ValueError(f"{root!r} has a val/ folder; --val-fraction {val_fraction} would hold out a second "
                              f"validation set (leave it at 0)")
