@@ -331,6 +331,23 @@ def test_unreadable_images_are_skipped_and_counted_in_training(tmp_path):
         assert train(c)['epoch'] == 1
 
 
+def test_mixup_with_an_unreadable_image_keeps_its_batches_even(tmp_path):
+    """9 readable images and a broken one in a batch of 10: timm's Mixup needs an even batch, one sample goes."""
+    write_images(tmp_path / 'data' / 'train', 3, seed=4)
+    write_images(tmp_path / 'data' / 'val', 2, seed=5)
+    (tmp_path / 'data' / 'train' / 'cat' / 'broken.png').write_bytes(b'not an image')
+    c = cfg(tmp_path / 'run', str(tmp_path / 'data'), batch_size=10, mixup=0.8, cutmix=1.0)
+    run = prepare(c, 0, 1, torch.device('cpu'))
+    with pytest.warns(UserWarning, match='mixup / cutmix need an even batch: dropped one sample of a batch of 9'):
+        assert train(c)['epoch'] == 1
+    from vitpe.training import update_batches
+    with pytest.warns(UserWarning, match='skipping unreadable image'):
+        batches = [b for group in update_batches(run) for b in group]
+    assert [len(b[1]) for b in batches] == [8] and run.mixup_dropped == 1
+    with pytest.raises(ValueError, match=r'mixup / cutmix need an even batch .* = 5'):
+        build_loaders(c.replace(grad_accum_steps=2), 0, 1, None)
+
+
 def test_a_file_that_holds_no_weights_is_refused_by_name(imagenet_like, tmp_path):
     (tmp_path / 'notes.pth').write_text('hello')
     for how in (dict(pretrained_path=str(tmp_path / 'notes.pth')), dict(initial_checkpoint=str(tmp_path / 'notes.pth'))):

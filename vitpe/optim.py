@@ -2,7 +2,8 @@
 schedule with a linear warm-up, the learning rate scaled to the global batch, mixup / cutmix and the loss."""
 from __future__ import annotations
 
-from typing import List
+import warnings
+from typing import List, Optional, Sequence
 
 import torch
 from timm.data import Mixup
@@ -50,6 +51,18 @@ def build_optimization(run) -> None:
         run.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
                           num_classes=len(run.classes))
     run.criterion = criterion(cfg, mixed=run.mixup is not None)
+
+
+def even_batch(run, batch: Optional[Sequence[torch.Tensor]]):
+    """The micro-batch as mixup / cutmix can take it: timm's ``Mixup`` pairs sample i with sample n - 1 - i and needs
+    an even batch, so one left odd by a skipped unreadable image loses its last sample (counted in
+    ``run.mixup_dropped``, warned about); None (no readable sample left) stays None."""
+    if batch is None or run.mixup is None or batch[0].shape[0] % 2 == 0:
+        return batch
+    run.mixup_dropped += 1
+    warnings.warn(f"mixup / cutmix need an even batch: dropped one sample of a batch of {batch[0].shape[0]} left odd "
+                  f"by an unreadable image ({run.mixup_dropped} dropped so far)")
+    return [t[:-1] for t in batch] if batch[0].shape[0] > 1 else None
 
 
 def criterion(cfg, mixed: bool):

@@ -38,7 +38,7 @@ from .config import TrainConfig, parse_config
 from .data.pipeline import build_loaders
 from .errors import CheckpointError, TrainingError
 from .eval.loop import evaluate
-from .optim import build_optimization, warm_up
+from .optim import build_optimization, even_batch, warm_up
 from .runlog import Logger
 
 __all__ = ['Callback', 'TrainConfig', 'TrainingError', 'CheckpointError', 'train', 'CHECKPOINT_FORMAT',
@@ -85,6 +85,7 @@ class Run:
     start_epoch: int = 0
     best_acc: float = -1.0
     num_updates: int = 0
+    mixup_dropped: int = 0  # samples dropped to keep mixup's batches even (optim.even_batch)
 
 
 # ---------------------------------------------------------------------------------------------- set-up
@@ -262,12 +263,13 @@ def train_step(run: Run, batches: Sequence, epoch: int, step: int, callbacks: Se
 
 
 def update_batches(run: Run):
-    """The training loader's batches grouped by update: lists of ``grad_accum_steps`` readable micro-batches,
-    ``steps_per_epoch`` of them."""
+    """The training loader's batches grouped by update: lists of ``grad_accum_steps`` readable micro-batches (even
+    with mixup), ``steps_per_epoch`` of them."""
     group, updates = [], 0
     for batch in run.train_loader:
         if updates >= run.steps_per_epoch:
             return
+        batch = even_batch(run, batch)  # None: nothing readable
         if batch is None:
             continue
         group.append(batch)

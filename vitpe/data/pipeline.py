@@ -158,6 +158,10 @@ def build_loaders(cfg, rank: int, world: int, model_name: Optional[str]) -> Dict
     if cfg.batch_size % per_step:
         raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes x "
                          f"{cfg.grad_accum_steps} accumulation steps")
+    if (cfg.mixup > 0 or cfg.cutmix > 0) and (cfg.batch_size // per_step) % 2:
+        raise ValueError(f"mixup / cutmix need an even batch per process and step: --batch-size {cfg.batch_size} / "
+                         f"({world} processes x {cfg.grad_accum_steps} accumulation steps) = "
+                         f"{cfg.batch_size // per_step}")
     check_folder_options(cfg)
     if cfg.data.startswith('synthetic'):
         train_set = build_dataset(cfg.data, cfg.img_size, 'train', cfg.train_samples, seed=cfg.seed)
