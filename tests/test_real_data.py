@@ -194,6 +194,19 @@ def test_drop_path_is_active_in_training_only(imagenet_like, tmp_path):
     assert 'drop_path_rate' not in run.model_kwargs  # the checkpoint's model is built without it
 
 
+def test_drop_path_mode_constant_gives_every_block_the_rate(imagenet_like, tmp_path):
+    """DeiT-III (facebookresearch/deit models_v2.py, vit_models): dpr = [drop_path_rate] * depth."""
+    run = prepare(cfg(tmp_path, imagenet_like, drop_path=0.3, drop_path_mode='constant', model_kwargs={'depth': 3}),
+                  0, 1, torch.device('cpu'))
+    rates = [(b.drop_path1.drop_prob, b.drop_path2.drop_prob) for b in run.unwrapped.blocks]
+    assert rates == [(0.3, 0.3)] * 3 and 'drop_path_mode' not in run.model_kwargs
+    with pytest.raises(ValueError, match="drop_path_mode 'constant' applies to vitpe models"):
+        prepare(cfg(tmp_path, imagenet_like, model='vit_tiny_patch16_224', drop_path=0.1, drop_path_mode='constant'),
+                0, 1, torch.device('cpu'))
+    with pytest.raises(ValueError, match="invalid drop_path_mode='ramp'"):
+        prepare(cfg(tmp_path, imagenet_like, drop_path=0.1, drop_path_mode='ramp'), 0, 1, torch.device('cpu'))
+
+
 def test_layer_decay_gives_each_block_its_learning_rate(imagenet_like, tmp_path):
     run = prepare(cfg(tmp_path, imagenet_like, layer_decay=0.5, lr=1e-3, warmup_steps=4, model_kwargs={'depth': 3}),
                   0, 1, torch.device('cpu'))

@@ -13,6 +13,7 @@ from PIL import Image
 
 from vitpe.checkpoint import load_checkpoint
 from vitpe.config import TrainConfig
+from vitpe.optim import drop_path_kwargs
 from vitpe.training import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,3 +86,13 @@ def test_deit3_base_pretraining_then_finetuning_run_two_steps(tmp_path):
                      initial_checkpoint=str(tmp_path / 'pre' / 'last.pth'))
     assert fine['model_name'] == pre['model_name'] == 'vitpe_base_patch16_rope_mixed_224'
     assert fine['img_size'] == 48 and not torch.equal(fine['model']['head.weight'], pre['model']['head.weight'])
+
+
+@pytest.mark.parametrize('name,rate', [('deit3_base.yaml', 0.1), ('deit3_base_finetune.yaml', 0.2),
+                                       ('deit_base.yaml', None)])
+def test_deit3_recipes_drop_path_is_the_same_in_every_block(name, rate, tmp_path):
+    """DeiT-III's models_v2.py gives every block the rate; DeiT (timm's ViT) ramps it linearly from 0."""
+    cfg = TrainConfig.from_yaml(os.path.join(FOLDER, name))
+    model = timm.create_model('vitpe_micro_patch16_64', depth=3, **drop_path_kwargs(cfg, 'vitpe_micro_patch16_64'))
+    rates = [getattr(b.drop_path1, 'drop_prob', 0.0) for b in model.blocks]  # Identity at rate 0
+    assert rates == pytest.approx([rate] * 3 if rate else [0.0, cfg.drop_path / 2, cfg.drop_path])

@@ -87,7 +87,10 @@ class TrainConfig:
     aug_repeats: int = option(0, 'repeated augmentation: each image this many times per epoch, each copy on '
                               "another process where there are several (timm's RepeatAugSampler; DeiT: 3; 0: off)")
     # -- optimisation
-    drop_path: float = option(0.0, 'stochastic depth rate of the last block (timm drop_path_rate)')
+    drop_path: float = option(0.0, 'stochastic depth (timm drop_path_rate): the last block\'s rate, ramped from 0 '
+                              '(--drop-path-mode linear), or every block\'s (constant)')
+    drop_path_mode: str = option('linear', "stochastic depth per block: linear (from 0 to --drop-path; timm, DeiT) or "
+                                 "constant (--drop-path in every block; DeiT-III; vitpe models)")
     layer_decay: Optional[float] = option(None, 'layer-wise learning-rate decay (timm): block i (from 0) of L '
                                           'gets lr * layer_decay ** (L - i), the stem ** (L + 1), the head lr')
     grad_accum_steps: int = option(1, 'micro-batches per update (batch_size stays the global batch per update)')

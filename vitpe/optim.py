@@ -3,7 +3,7 @@ schedule with a linear warm-up, the learning rate scaled to the global batch, mi
 from __future__ import annotations
 
 import warnings
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from timm.data import Mixup
@@ -23,6 +23,20 @@ def warmup_updates(cfg, steps_per_epoch: int) -> int:
     if cfg.warmup_epochs is not None:
         return int(round(cfg.warmup_epochs * steps_per_epoch))
     return cfg.warmup_steps
+
+
+def drop_path_kwargs(cfg, model_name: str) -> Dict[str, Any]:
+    """Model arguments for stochastic depth: timm's ``drop_path_rate`` (linear in depth), and for
+    ``drop_path_mode`` 'constant' (every block at the rate, as DeiT-III's models_v2.py) the vitpe trunk's
+    ``drop_path_mode``."""
+    if not cfg.drop_path:
+        return {}
+    if cfg.drop_path_mode == 'linear':
+        return {'drop_path_rate': cfg.drop_path}
+    if not model_name.startswith('vitpe_'):
+        raise ValueError(f"drop_path_mode {cfg.drop_path_mode!r} applies to vitpe models; {model_name} takes "
+                         f"timm's linear drop path only (drop_path_mode: linear)")
+    return {'drop_path_rate': cfg.drop_path, 'drop_path_mode': cfg.drop_path_mode}
 
 
 def create_optimizer(model: torch.nn.Module, cfg):

@@ -38,7 +38,7 @@ from .config import TrainConfig, parse_config
 from .data.pipeline import build_loaders
 from .errors import CheckpointError, TrainingError
 from .eval.loop import evaluate
-from .optim import build_optimization, even_batch, warm_up
+from .optim import build_optimization, drop_path_kwargs, even_batch, warm_up
 from .runlog import Logger
 
 __all__ = ['Callback', 'TrainConfig', 'TrainingError', 'CheckpointError', 'train', 'CHECKPOINT_FORMAT',
@@ -156,7 +156,7 @@ def build_model(run: Run, initial: Optional[Dict[str, Any]], weights: Optional[s
     """The model (weights from ``initial`` or the file ``weights`` if given, a new head for another number of
     classes), with drop path for training, its EMA, and the DDP wrapper for several processes."""
     num_classes = len(run.classes)
-    kwargs = dict(run.model_kwargs, **({'drop_path_rate': run.cfg.drop_path} if run.cfg.drop_path else {}))
+    kwargs = dict(run.model_kwargs, **drop_path_kwargs(run.cfg, run.model_name))
     if weights is not None:
         model = create_pretrained(run, weights, kwargs).to(run.device)
     else:
