@@ -45,6 +45,8 @@ class TrainConfig:
     epochs: int = option(10, 'epochs to train')
     batch_size: int = option(64, 'global batch over all processes (timm: per process)')
     opt: str = option('adamw', "timm optimizer name")
+    opt_eps: Optional[float] = option(None, "optimizer epsilon (default: timm's for the optimizer: adamw 1e-8, "
+                                      "lamb 1e-6; DeiT-III: 1e-8)")
     lr: float = option(1e-3, 'peak learning rate')
     weight_decay: float = option(0.05, 'weight decay')
     sched: str = option('cosine', 'timm scheduler name (stepped per update)')
