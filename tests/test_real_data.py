@@ -203,8 +203,10 @@ def test_drop_path_mode_constant_gives_every_block_the_rate(imagenet_like, tmp_p
     with pytest.raises(ValueError, match="drop_path_mode 'constant' applies to vitpe models"):
         prepare(cfg(tmp_path, imagenet_like, model='vit_tiny_patch16_224', drop_path=0.1, drop_path_mode='constant'),
                 0, 1, torch.device('cpu'))
+    with pytest.raises(ValueError, match="drop_path_mode must be 'linear' or 'constant', got 'ramp'"):
+        cfg(tmp_path, imagenet_like, drop_path=0.1, drop_path_mode='ramp')
     with pytest.raises(ValueError, match="invalid drop_path_mode='ramp'"):
-        prepare(cfg(tmp_path, imagenet_like, drop_path=0.1, drop_path_mode='ramp'), 0, 1, torch.device('cpu'))
+        timm.create_model('vitpe_micro_patch16_64', drop_path_rate=0.1, drop_path_mode='ramp')
 
 
 def test_layer_decay_gives_each_block_its_learning_rate(imagenet_like, tmp_path):

@@ -40,8 +40,8 @@ def drop_path_kwargs(cfg, model_name: str) -> Dict[str, Any]:
 
 
 def create_optimizer(model: torch.nn.Module, cfg):
-    """timm's optimizer (epsilon ``opt_eps`` where set); with ``layer_decay`` each group carries timm's ``lr_scale`` ``layer_decay ** (L + 1 - layer)``
-    (layers from the model's ``group_matcher``: the stem 0, block i i + 1, the final norm with the last block,
+    """timm's optimizer (epsilon ``opt_eps`` where set); with ``layer_decay`` each group carries timm's
+    ``lr_scale`` ``layer_decay ** (L + 1 - layer)`` (layers from the model's ``group_matcher``: the stem 0, block i i + 1, the final norm with the last block,
     the head L + 1; as timm's ViT)."""
     eps = {} if cfg.opt_eps is None else {'eps': cfg.opt_eps}  # else the optimizer's own default
     return create_optimizer_v2(model, opt=cfg.opt, lr=peak_lr(cfg), weight_decay=cfg.weight_decay,
