@@ -2,6 +2,7 @@
 3-Augment, the evaluation protocols, no validation on training images, drop path, layer decay, gradient
 accumulation, repeated augmentation and starting from timm's weights; on ImageFolder trees written here."""
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -305,6 +306,22 @@ def test_sweep_on_a_real_validation_folder_uses_the_checkpoints_transform(imagen
                                          '--output', str(out)]) == 0
     table = open(out / 'results.md').read()
     assert '| run (crop) |' in table and '| run (resize) |' in table
+
+
+def test_sweep_on_the_training_folder_keeps_to_its_held_out_split(flat, imagenet_like, tmp_path):
+    """--data <the folder it trained on, no val/>: the 6 images --val-fraction 0.2 held out, not all 30."""
+    from vitpe.data.pipeline import eval_spec
+    from vitpe.eval import sweep
+    summary = train(cfg(tmp_path / 'run', flat, val_fraction=0.2, split_seed=3, crop_pct=1.0))
+    best = str(tmp_path / 'run' / 'best.pth')
+    (tmp_path / 'link').symlink_to(flat)
+    for data in (None, flat, flat + '/', str(tmp_path / 'link')):
+        [record] = sweep([best], [32], data=data, progress=False)
+        assert record.n == 6 and record.acc == summary['val_acc'], data
+    shutil.copytree(flat, tmp_path / 'other')  # another folder without val/: a test set, all of it
+    assert sweep([best], [32], data=str(tmp_path / 'other'), progress=False)[0].n == 30
+    with pytest.raises(ValueError, match=r"is the training images of this checkpoint; give --data"):
+        eval_spec({'data': imagenet_like, 'model_name': None}, 'crop', f'{imagenet_like}/train')
 
 
 def test_two_processes_with_accumulation_train_as_one(tmp_path):

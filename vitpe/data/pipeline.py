@@ -192,13 +192,24 @@ def build_loaders(cfg, rank: int, world: int, model_name: Optional[str]) -> Dict
                 sampler=sampler, steps_per_epoch=steps)
 
 
-def eval_spec(ckpt: Dict[str, Any], protocol: str = 'crop', explicit: bool = False) -> tuple:
+def _same_folder(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def eval_spec(ckpt: Dict[str, Any], protocol: str = 'crop', data: Optional[str] = None) -> tuple:
     """How a checkpoint is evaluated on an image folder, as a hashable tuple for ``eval_dataset``: the protocol, its
-    training config's crop_pct and interpolation (else its model's), its classes, and where the images come from
-    (``explicit``: a folder the user names, its val/ or all of it; else the training data's validation split)."""
+    training config's crop_pct and interpolation (else its model's), its classes, and where the images come from:
+    the training data's validation split (its val/, or the part held out with its val_fraction and split_seed) when
+    ``data`` is None or that same folder; else ``data``'s val/, or all of it. Its training folder's train/ raises
+    ValueError (those images were trained on)."""
     check_protocol(protocol)
     config = ckpt.get('config') or {}
     model = model_data_config(ckpt.get('model_name'))
+    trained_on = ckpt.get('data') or ''
+    if data is not None and trained_on and _same_folder(data, os.path.join(trained_on, 'train')):
+        raise ValueError(f"{data!r} is the training images of this checkpoint; give --data {trained_on!r} (its "
+                         f"validation split) or another folder")
+    explicit = data is not None and not (trained_on and _same_folder(data, trained_on))
     split = ('test', 0.0, 0) if explicit else ('val', config.get('val_fraction', 0.0), config.get('split_seed', 0))
     classes = tuple(ckpt['classes']) if ckpt.get('classes') else None
     return (protocol, config.get('crop_pct') or model['crop_pct'], config.get('interpolation') or model['interpolation'],

@@ -82,7 +82,8 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
     (never seen in training or model selection); the same scenes are rendered at every resolution. Image
     folders go through each checkpoint's evaluation transform at every resolution under ``protocol`` ('crop':
     resize by its crop_pct, then the centre crop; 'resize': the whole image; ``vitpe.data.pipeline``), on its
-    validation split (``data`` given: that folder's val/, else all of it), ``samples`` images drawn at random.
+    validation split (``data`` given: that folder's val/, else all of it, unless it is the checkpoint's own training
+    folder: then its validation split; ``pipeline.eval_spec``), ``samples`` images drawn at random.
 
     ``diagnostics``: also the attention entropy and distance per layer (``Record.diagnostics``), from a
     second, untimed pass over the first ``diagnostic_samples`` images (attention then computes its
@@ -103,7 +104,7 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
     records = []
     for i, path, model, ckpt, strategy, res in tqdm(jobs, desc='sweep', disable=not progress):
         spec = data or ckpt['data']
-        how = () if spec.startswith('synthetic') else eval_spec(ckpt, protocol, explicit=data is not None)
+        how = () if spec.startswith('synthetic') else eval_spec(ckpt, protocol, data)
         key = (spec, res) + how
         if key not in cache:
             cache[key] = materialize(eval_dataset(spec, res, samples, how))
