@@ -394,6 +394,28 @@ def test_sample_caps_draw_random_subsets_of_a_folder(imagenet_like, tmp_path):
     assert len({train_set.dataset.targets[i] for i in train_set.indices}) == 3  # not the first class only
 
 
+def test_validation_subset_is_drawn_with_the_split_seed(imagenet_like, tmp_path):
+    def subsets(**kw):
+        loaders = build_loaders(cfg(tmp_path, imagenet_like, train_samples=12, val_samples=4, **kw), 0, 1, None)
+        return loaders['train_loader'].dataset.indices, loaders['val_loader'].dataset.indices
+    (train0, val0), (train1, val1), (_, val2) = subsets(seed=0), subsets(seed=1), subsets(seed=1, split_seed=2)
+    assert val1 == val0 and train1 != train0 and val2 != val0  # runs of several seeds validate on the same images
+
+
+def test_resume_does_not_need_the_pretrained_file_and_a_corrupt_start_names_the_read_error(imagenet_like, tmp_path):
+    from safetensors.torch import save_file
+    path = tmp_path / 'weights.safetensors'
+    save_file(timm.create_model('vitpe_micro_patch16_64', depth=2, num_classes=3).state_dict(), str(path))
+    c = cfg(tmp_path / 'run', imagenet_like, pretrained_path=str(path), max_steps_per_epoch=1)
+    train(c)
+    path.unlink()
+    assert train(c.replace(epochs=2, resume='auto'))['epoch'] == 2
+    (tmp_path / 'cut.pth').write_bytes(open(tmp_path / 'run' / 'last.pth', 'rb').read()[:2000])  # truncated
+    with pytest.raises(CheckpointError, match=r"could not be read as a torch file .*give --model"):
+        prepare(cfg(tmp_path, imagenet_like, model=None, initial_checkpoint=str(tmp_path / 'cut.pth')), 0, 1,
+                torch.device('cpu'))
+
+
 def test_bce_loss_channels_last_and_train_interpolation(imagenet_like, tmp_path):
     import torch.nn.functional as F
     c = cfg(tmp_path, imagenet_like, bce_loss=True, bce_target_thresh=0.0, mixup=0.8, channels_last=True,

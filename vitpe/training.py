@@ -127,14 +127,14 @@ def load_sources(cfg: TrainConfig):
     if cfg.initial_checkpoint:
         try:
             initial = load_checkpoint(cfg.initial_checkpoint)
-        except CheckpointError:
+        except CheckpointError as e:
             if not os.path.isfile(cfg.initial_checkpoint):
                 raise
             if not cfg.model:
-                raise CheckpointError(f"{cfg.initial_checkpoint!r} is not a vitpe checkpoint, so it does not name "
-                                      f"its model: give --model") from None
+                raise CheckpointError(f"{e}. Read as weights instead, it would not name its model: give "
+                                      f"--model") from None
             weights = cfg.initial_checkpoint  # read as weights (create_pretrained names what is wrong with it)
-    elif cfg.pretrained or cfg.pretrained_path:
+    elif (cfg.pretrained or cfg.pretrained_path) and resume is None:  # a resume has the weights
         weights = pretrained_file(cfg.model, cfg.pretrained_path)
     return resume, initial, weights
 

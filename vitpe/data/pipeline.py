@@ -174,7 +174,7 @@ def build_loaders(cfg, rank: int, world: int, model_name: Optional[str]) -> Dict
                                                                options['interpolation'], 'crop', options['mean'],
                                                                options['std']), **split)
         train_set = random_subset(train_set, cfg.train_samples, cfg.seed)
-        val_set = random_subset(val_set, cfg.val_samples, cfg.seed)
+        val_set = random_subset(val_set, cfg.val_samples, cfg.split_seed)  # the same images for every --seed
     micro = cfg.batch_size // per_step
     sampler = make_sampler(train_set, cfg, rank, world)
     train_loader = DataLoader(train_set, batch_size=micro, sampler=sampler, drop_last=True, num_workers=cfg.workers,
