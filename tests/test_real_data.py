@@ -369,13 +369,15 @@ def test_mixup_with_an_unreadable_image_keeps_its_batches_even(tmp_path):
     write_images(tmp_path / 'data' / 'val', 2, seed=5)
     (tmp_path / 'data' / 'train' / 'cat' / 'broken.png').write_bytes(b'not an image')
     c = cfg(tmp_path / 'run', str(tmp_path / 'data'), batch_size=10, mixup=0.8, cutmix=1.0)
-    run = prepare(c, 0, 1, torch.device('cpu'))
-    with pytest.warns(UserWarning, match='mixup / cutmix need an even batch: dropped one sample of a batch of 9'):
-        assert train(c)['epoch'] == 1
     from vitpe.training import update_batches
-    with pytest.warns(UserWarning, match='skipping unreadable image'):
+    run = prepare(c, 0, 1, torch.device('cpu'))
+    with pytest.warns(UserWarning) as caught:
         batches = [b for group in update_batches(run) for b in group]
+        assert train(c)['epoch'] == 1
     assert [len(b[1]) for b in batches] == [8] and run.mixup_dropped == 1
+    messages = [str(w.message) for w in caught]
+    assert sum('skipping unreadable image' in m for m in messages) == 2
+    assert sum('mixup / cutmix need an even batch: dropped one sample of a batch of 9' in m for m in messages) == 2
     with pytest.raises(ValueError, match=r'mixup / cutmix need an even batch .* = 5'):
         build_loaders(c.replace(grad_accum_steps=2), 0, 1, None)
 
