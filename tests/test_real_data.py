@@ -2,6 +2,7 @@
 3-Augment, the evaluation protocols, no validation on training images, drop path, layer decay, gradient
 accumulation, repeated augmentation and starting from timm's weights; on ImageFolder trees written here."""
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -146,8 +147,19 @@ def test_a_folder_without_val_is_refused_or_split_with_its_seed(flat, tmp_path):
     loaders = build_loaders(cfg(tmp_path, flat, val_fraction=0.2, seed=5), 0, 1, None)
     assert set(loaders['val_loader'].dataset.indices) == val
     (tmp_path / 'val').mkdir()
+    (tmp_path / 'train').mkdir()
     with pytest.raises(ValueError, match='has a val/ folder; --val-fraction 0.2 would hold out a second'):
         folder_split(str(tmp_path), 'train', None, val_fraction=0.2)
+
+
+def test_a_folder_with_val_but_no_train_is_refused_for_training(tmp_path):
+    """root/cat, root/dog and root/val/{cat,dog}: the root as training data would make val/ a third class."""
+    write_images(tmp_path / 'data', 2, seed=6)
+    write_images(tmp_path / 'data' / 'val', 1, seed=7)
+    with pytest.raises(ValueError, match=r"has a val/ folder but no train/ folder: put the training class folders"):
+        build_loaders(cfg(tmp_path, str(tmp_path / 'data'), batch_size=2), 0, 1, None)
+    val = folder_split(str(tmp_path / 'data'), 'val', None)  # its val/ still evaluates (the sweep)
+    assert val.classes == list(CLASSES) and len(val) == 3
 
 
 def test_class_subset_and_folder_options_on_scenes(imagenet_like, tmp_path):
@@ -181,6 +193,21 @@ def test_drop_path_is_active_in_training_only(imagenet_like, tmp_path):
     run.model.eval()
     torch.testing.assert_close(run.model(x), run.model(x))
     assert 'drop_path_rate' not in run.model_kwargs  # the checkpoint's model is built without it
+
+
+def test_drop_path_mode_constant_gives_every_block_the_rate(imagenet_like, tmp_path):
+    """DeiT-III (facebookresearch/deit models_v2.py, vit_models): dpr = [drop_path_rate] * depth."""
+    run = prepare(cfg(tmp_path, imagenet_like, drop_path=0.3, drop_path_mode='constant', model_kwargs={'depth': 3}),
+                  0, 1, torch.device('cpu'))
+    rates = [(b.drop_path1.drop_prob, b.drop_path2.drop_prob) for b in run.unwrapped.blocks]
+    assert rates == [(0.3, 0.3)] * 3 and 'drop_path_mode' not in run.model_kwargs
+    with pytest.raises(ValueError, match="drop_path_mode 'constant' applies to vitpe models"):
+        prepare(cfg(tmp_path, imagenet_like, model='vit_tiny_patch16_224', drop_path=0.1, drop_path_mode='constant'),
+                0, 1, torch.device('cpu'))
+    with pytest.raises(ValueError, match="drop_path_mode must be 'linear' or 'constant', got 'ramp'"):
+        cfg(tmp_path, imagenet_like, drop_path=0.1, drop_path_mode='ramp')
+    with pytest.raises(ValueError, match="invalid drop_path_mode='ramp'"):
+        timm.create_model('vitpe_micro_patch16_64', drop_path_rate=0.1, drop_path_mode='ramp')
 
 
 def test_layer_decay_gives_each_block_its_learning_rate(imagenet_like, tmp_path):
@@ -281,6 +308,22 @@ def test_sweep_on_a_real_validation_folder_uses_the_checkpoints_transform(imagen
     assert '| run (crop) |' in table and '| run (resize) |' in table
 
 
+def test_sweep_on_the_training_folder_keeps_to_its_held_out_split(flat, imagenet_like, tmp_path):
+    """--data <the folder it trained on, no val/>: the 6 images --val-fraction 0.2 held out, not all 30."""
+    from vitpe.data.pipeline import eval_spec
+    from vitpe.eval import sweep
+    summary = train(cfg(tmp_path / 'run', flat, val_fraction=0.2, split_seed=3, crop_pct=1.0))
+    best = str(tmp_path / 'run' / 'best.pth')
+    (tmp_path / 'link').symlink_to(flat)
+    for data in (None, flat, flat + '/', str(tmp_path / 'link')):
+        [record] = sweep([best], [32], data=data, progress=False)
+        assert record.n == 6 and record.acc == summary['val_acc'], data
+    shutil.copytree(flat, tmp_path / 'other')  # another folder without val/: a test set, all of it
+    assert sweep([best], [32], data=str(tmp_path / 'other'), progress=False)[0].n == 30
+    with pytest.raises(ValueError, match=r"is the training images of this checkpoint; give --data"):
+        eval_spec({'data': imagenet_like, 'model_name': None}, 'crop', f'{imagenet_like}/train')
+
+
 def test_two_processes_with_accumulation_train_as_one(tmp_path):
     """torchrun with 2 processes x 2 micro-batches (DDP syncs the last one only) = 1 process, 1 batch of 16."""
     import json
@@ -320,6 +363,25 @@ def test_unreadable_images_are_skipped_and_counted_in_training(tmp_path):
         assert train(c)['epoch'] == 1
 
 
+def test_mixup_with_an_unreadable_image_keeps_its_batches_even(tmp_path):
+    """9 readable images and a broken one in a batch of 10: timm's Mixup needs an even batch, one sample goes."""
+    write_images(tmp_path / 'data' / 'train', 3, seed=4)
+    write_images(tmp_path / 'data' / 'val', 2, seed=5)
+    (tmp_path / 'data' / 'train' / 'cat' / 'broken.png').write_bytes(b'not an image')
+    c = cfg(tmp_path / 'run', str(tmp_path / 'data'), batch_size=10, mixup=0.8, cutmix=1.0)
+    from vitpe.training import update_batches
+    run = prepare(c, 0, 1, torch.device('cpu'))
+    with pytest.warns(UserWarning) as caught:
+        batches = [b for group in update_batches(run) for b in group]
+        assert train(c)['epoch'] == 1
+    assert [len(b[1]) for b in batches] == [8] and run.mixup_dropped == 1
+    messages = [str(w.message) for w in caught]
+    assert sum('skipping unreadable image' in m for m in messages) == 2
+    assert sum('mixup / cutmix need an even batch: dropped one sample of a batch of 9' in m for m in messages) == 2
+    with pytest.raises(ValueError, match=r'mixup / cutmix need an even batch .* = 5'):
+        build_loaders(c.replace(grad_accum_steps=2), 0, 1, None)
+
+
 def test_a_file_that_holds_no_weights_is_refused_by_name(imagenet_like, tmp_path):
     (tmp_path / 'notes.pth').write_text('hello')
     for how in (dict(pretrained_path=str(tmp_path / 'notes.pth')), dict(initial_checkpoint=str(tmp_path / 'notes.pth'))):
@@ -332,6 +394,28 @@ def test_sample_caps_draw_random_subsets_of_a_folder(imagenet_like, tmp_path):
     train_set, val_set = loaders['train_loader'].dataset, loaders['val_loader'].dataset
     assert len(train_set) == 12 and len(val_set) == 5
     assert len({train_set.dataset.targets[i] for i in train_set.indices}) == 3  # not the first class only
+
+
+def test_validation_subset_is_drawn_with_the_split_seed(imagenet_like, tmp_path):
+    def subsets(**kw):
+        loaders = build_loaders(cfg(tmp_path, imagenet_like, train_samples=12, val_samples=4, **kw), 0, 1, None)
+        return loaders['train_loader'].dataset.indices, loaders['val_loader'].dataset.indices
+    (train0, val0), (train1, val1), (_, val2) = subsets(seed=0), subsets(seed=1), subsets(seed=1, split_seed=2)
+    assert val1 == val0 and train1 != train0 and val2 != val0  # runs of several seeds validate on the same images
+
+
+def test_resume_does_not_need_the_pretrained_file_and_a_corrupt_start_names_the_read_error(imagenet_like, tmp_path):
+    from safetensors.torch import save_file
+    path = tmp_path / 'weights.safetensors'
+    save_file(timm.create_model('vitpe_micro_patch16_64', depth=2, num_classes=3).state_dict(), str(path))
+    c = cfg(tmp_path / 'run', imagenet_like, pretrained_path=str(path), max_steps_per_epoch=1)
+    train(c)
+    path.unlink()
+    assert train(c.replace(epochs=2, resume='auto'))['epoch'] == 2
+    (tmp_path / 'cut.pth').write_bytes(open(tmp_path / 'run' / 'last.pth', 'rb').read()[:2000])  # truncated
+    with pytest.raises(CheckpointError, match=r"could not be read as a torch file .*give --model"):
+        prepare(cfg(tmp_path, imagenet_like, model=None, initial_checkpoint=str(tmp_path / 'cut.pth')), 0, 1,
+                torch.device('cpu'))
 
 
 def test_bce_loss_channels_last_and_train_interpolation(imagenet_like, tmp_path):

@@ -13,6 +13,7 @@ from PIL import Image
 
 from vitpe.checkpoint import load_checkpoint
 from vitpe.config import TrainConfig
+from vitpe.optim import create_optimizer, drop_path_kwargs
 from vitpe.training import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,3 +86,23 @@ def test_deit3_base_pretraining_then_finetuning_run_two_steps(tmp_path):
                      initial_checkpoint=str(tmp_path / 'pre' / 'last.pth'))
     assert fine['model_name'] == pre['model_name'] == 'vitpe_base_patch16_rope_mixed_224'
     assert fine['img_size'] == 48 and not torch.equal(fine['model']['head.weight'], pre['model']['head.weight'])
+
+
+@pytest.mark.parametrize('name,rate', [('deit3_base.yaml', 0.1), ('deit3_base_finetune.yaml', 0.2),
+                                       ('deit_base.yaml', None)])
+def test_deit3_recipes_drop_path_is_the_same_in_every_block(name, rate, tmp_path):
+    """DeiT-III's models_v2.py gives every block the rate; DeiT (timm's ViT) ramps it linearly from 0."""
+    cfg = TrainConfig.from_yaml(os.path.join(FOLDER, name))
+    model = timm.create_model('vitpe_micro_patch16_64', depth=3, **drop_path_kwargs(cfg, 'vitpe_micro_patch16_64'))
+    rates = [getattr(b.drop_path1, 'drop_prob', 0.0) for b in model.blocks]  # Identity at rate 0
+    assert rates == pytest.approx([rate] * 3 if rate else [0.0, cfg.drop_path / 2, cfg.drop_path])
+
+
+@pytest.mark.parametrize('name,eps', [('deit3_small.yaml', 1e-8), ('deit3_base.yaml', 1e-8),
+                                      ('deit3_base_finetune.yaml', 1e-8), ('deit_small.yaml', 1e-8)])
+def test_recipe_optimizer_epsilon(name, eps):
+    """DeiT-III passes --opt-eps 1e-8 to apex's fusedlamb; timm's lamb would use 1e-6 (its default)."""
+    cfg = TrainConfig.from_yaml(os.path.join(FOLDER, name))
+    model = torch.nn.Linear(2, 2)
+    assert create_optimizer(model, cfg).param_groups[0]['eps'] == eps
+    assert create_optimizer(model, cfg.replace(opt_eps=None, opt='lamb')).param_groups[0]['eps'] == 1e-6

@@ -34,7 +34,9 @@ def main(argv=None):
                    help="video checkpoints: frame counts to test (default: the training clip's)")
     p.add_argument('--strategy', nargs='+', default=['none'], metavar='STRATEGY',
                    help=f"one or more of {', '.join(STRATEGIES)}, combinations joined by + (pi+logit), or all")
-    p.add_argument('--data', default=None, help="evaluation data (default: each checkpoint's training data)")
+    p.add_argument('--data', default=None, help="evaluation data (default: each checkpoint's training data); a folder's val/, else all of "
+                        "it, except the checkpoint's own training folder: its validation split (val/ or the part "
+                        "--val-fraction held out)")
     p.add_argument('--samples', type=int, default=512,
                    help='evaluation images (image folders: drawn at random; each resolution held in memory)')
     p.add_argument('--protocol', nargs='+', default=['crop'], choices=list(EVAL_PROTOCOLS),

@@ -21,6 +21,9 @@ import yaml
 
 # deprecated name -> field name (CLI flags with '-', YAML keys with '_')
 ALIASES = {'label_smoothing': 'smoothing', 'finetune': 'initial_checkpoint'}
+# (option, option that replaces it when set): one source (a YAML file, the command line) may set only one of them;
+# either given on the command line (or as a from_yaml override) clears the other in the YAML file
+REPLACES = (('lr', 'lr_base'), ('warmup_steps', 'warmup_epochs'))
 
 
 def option(default=None, help: str = '', *, factory=None, hidden: bool = False, **cli):
@@ -47,10 +50,13 @@ class TrainConfig:
     epochs: int = option(10, 'epochs to train')
     batch_size: int = option(64, 'global batch over all processes (timm: per process)')
     opt: str = option('adamw', "timm optimizer name")
-    lr: float = option(1e-3, 'peak learning rate')
+    opt_eps: Optional[float] = option(None, "optimizer epsilon (default: timm's for the optimizer: adamw 1e-8, "
+                                      "lamb 1e-6; DeiT-III: 1e-8)")
+    lr: float = option(1e-3, 'peak learning rate (on the command line it replaces the config\'s lr_base)')
     weight_decay: float = option(0.05, 'weight decay')
     sched: str = option('cosine', 'timm scheduler name (stepped per update)')
-    warmup_steps: int = option(50, 'linear warm-up over this many updates, then the schedule')
+    warmup_steps: int = option(50, 'linear warm-up over this many updates, then the schedule (on the command line '
+                               'it replaces the config\'s warmup_epochs)')
     min_lr: float = option(1e-5, 'lowest learning rate of the schedule')
     clip_grad: float = option(1.0, 'clip the gradient norm to this (0: off)')
     smoothing: float = option(0.0, 'label smoothing')
@@ -89,13 +95,18 @@ class TrainConfig:
     aug_repeats: int = option(0, 'repeated augmentation: each image this many times per epoch, each copy on '
                               "another process where there are several (timm's RepeatAugSampler; DeiT: 3; 0: off)")
     # -- optimisation
-    drop_path: float = option(0.0, 'stochastic depth rate of the last block (timm drop_path_rate)')
+    drop_path: float = option(0.0, 'stochastic depth (timm drop_path_rate): the last block\'s rate, ramped from 0 '
+                              '(--drop-path-mode linear), or every block\'s (constant)')
+    drop_path_mode: str = option('linear', "stochastic depth per block: linear (from 0 to --drop-path; timm, DeiT) or "
+                                 "constant (--drop-path in every block; DeiT-III; vitpe models)")
     layer_decay: Optional[float] = option(None, 'layer-wise learning-rate decay (timm): block i (from 0) of L '
                                           'gets lr * layer_decay ** (L - i), the stem ** (L + 1), the head lr')
     grad_accum_steps: int = option(1, 'micro-batches per update (batch_size stays the global batch per update)')
-    warmup_epochs: Optional[float] = option(None, 'warm-up in epochs (replaces --warmup-steps)')
+    warmup_epochs: Optional[float] = option(None, 'warm-up in epochs (replaces --warmup-steps; both in one config '
+                                            'or command line: an error)')
     lr_base: Optional[float] = option(None, 'learning rate per --lr-base-size images: when set, '
-                                      'lr = lr_base * batch_size / lr_base_size (replaces --lr)')
+                                      'lr = lr_base * batch_size / lr_base_size (replaces --lr; both in one config '
+                                      'or command line: an error)')
     lr_base_size: int = option(256, 'global batch at which --lr-base is the learning rate')
     bce_loss: bool = option(False, 'binary cross-entropy on the (mixed) targets instead of softmax cross-entropy')
     bce_target_thresh: Optional[float] = option(None, 'binary cross-entropy: targets above this become 1 '
@@ -108,14 +119,21 @@ class TrainConfig:
     max_steps_per_epoch: Optional[int] = option(None, 'cap on updates per epoch (tests)', hidden=True)
     quiet: bool = option(False, 'no progress bars or per-epoch lines')
 
+    def __post_init__(self):
+        check_values(self)
+
     @classmethod
     def from_dict(cls, values: Dict[str, Any], source: str = 'config') -> 'TrainConfig':
-        """A config from a mapping (YAML keys); unknown keys and values of the wrong type raise ValueError."""
+        """A config from a mapping (YAML keys); unknown keys, values of the wrong type and options that replace
+        each other (``REPLACES``) given together raise ValueError."""
         values = _rename_aliases(dict(values), source)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{source} has unknown keys {unknown}")
+        for old, new in REPLACES:
+            if values.get(old) is not None and values.get(new) is not None:
+                raise ValueError(f"{source} sets both {old} and {new}; {new} would replace {old}: give one")
         hints = typing.get_type_hints(cls)
         return cls(**{k: check_type(k, v, hints[k], source) for k, v in values.items()})
 
@@ -123,13 +141,39 @@ class TrainConfig:
     def from_yaml(cls, path: str, **overrides) -> 'TrainConfig':
         """A config from a YAML file; ``overrides`` (field names) take precedence over the file."""
         source = f"config {path!r}"
-        return cls.from_dict({**_rename_aliases(read_yaml(path), source), **overrides}, source=source)
+        return cls.from_dict(merge(_rename_aliases(read_yaml(path), source), overrides), source=source)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
     def replace(self, **changes) -> 'TrainConfig':
         return dataclasses.replace(self, **changes)
+
+
+def check_values(cfg: TrainConfig) -> None:
+    """Values no training can use, and two sources of the starting weights, raise ValueError naming them."""
+    if (cfg.pretrained or cfg.pretrained_path) and cfg.initial_checkpoint:
+        weights = cfg.pretrained_path or "the model's pretrained weights"
+        raise ValueError(f"--pretrained / --pretrained-path ({weights}) and --initial-checkpoint "
+                         f"({cfg.initial_checkpoint}) both give the starting weights: give one")
+    if cfg.grad_accum_steps <= 0:
+        raise ValueError(f"grad_accum_steps must be 1 or more, got {cfg.grad_accum_steps}")
+    if cfg.crop_pct is not None and cfg.crop_pct <= 0:
+        raise ValueError(f"crop_pct must be positive (the centre crop's share of the resized image), "
+                         f"got {cfg.crop_pct}")
+    if cfg.drop_path_mode not in ('linear', 'constant'):
+        raise ValueError(f"drop_path_mode must be 'linear' or 'constant', got {cfg.drop_path_mode!r}")
+
+
+def merge(values: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:
+    """``values`` (a YAML file) updated by ``overrides`` (the command line); an override of one option of a
+    ``REPLACES`` pair drops the other from ``values`` (``--lr`` over a config's lr_base)."""
+    out = dict(values)
+    for pair in REPLACES:
+        for given, other in (pair, pair[::-1]):
+            if given in overrides and other not in overrides:
+                out.pop(other, None)
+    return {**out, **overrides}
 
 
 def read_yaml(path: str) -> Dict[str, Any]:
@@ -275,7 +319,10 @@ def parse_config(argv: Optional[List[str]] = None) -> TrainConfig:
     values = read_yaml(path) if path else {}
     source = f"config {path!r}" if path else 'command line'
     values = _rename_aliases(values, source)
-    cfg = TrainConfig.from_dict({**values, **given}, source=source)
+    for old, new in REPLACES:
+        if old in given and new in given:
+            parser.error(f"{_flag(old)} and {_flag(new)} both given; {_flag(new)} would replace {_flag(old)}: give one")
+    cfg = TrainConfig.from_dict(merge(values, given), source=source)
     if not (cfg.model or cfg.initial_checkpoint or cfg.resume):
         parser.error('--model is required (or --initial-checkpoint / --resume, which name the model)')
     return cfg

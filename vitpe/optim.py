@@ -2,7 +2,8 @@
 schedule with a linear warm-up, the learning rate scaled to the global batch, mixup / cutmix and the loss."""
 from __future__ import annotations
 
-from typing import List
+import warnings
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from timm.data import Mixup
@@ -24,12 +25,27 @@ def warmup_updates(cfg, steps_per_epoch: int) -> int:
     return cfg.warmup_steps
 
 
+def drop_path_kwargs(cfg, model_name: str) -> Dict[str, Any]:
+    """Model arguments for stochastic depth: timm's ``drop_path_rate`` (linear in depth), and for
+    ``drop_path_mode`` 'constant' (every block at the rate, as DeiT-III's models_v2.py) the vitpe trunk's
+    ``drop_path_mode``."""
+    if not cfg.drop_path:
+        return {}
+    if cfg.drop_path_mode == 'linear':
+        return {'drop_path_rate': cfg.drop_path}
+    if not model_name.startswith('vitpe_'):
+        raise ValueError(f"drop_path_mode {cfg.drop_path_mode!r} applies to vitpe models; {model_name} takes "
+                         f"timm's linear drop path only (drop_path_mode: linear)")
+    return {'drop_path_rate': cfg.drop_path, 'drop_path_mode': cfg.drop_path_mode}
+
+
 def create_optimizer(model: torch.nn.Module, cfg):
-    """timm's optimizer; with ``layer_decay`` each group carries timm's ``lr_scale`` ``layer_decay ** (L + 1 - layer)``
-    (layers from the model's ``group_matcher``: the stem 0, block i i + 1, the final norm with the last block,
+    """timm's optimizer (epsilon ``opt_eps`` where set); with ``layer_decay`` each group carries timm's
+    ``lr_scale`` ``layer_decay ** (L + 1 - layer)`` (layers from the model's ``group_matcher``: the stem 0, block i i + 1, the final norm with the last block,
     the head L + 1; as timm's ViT)."""
+    eps = {} if cfg.opt_eps is None else {'eps': cfg.opt_eps}  # else the optimizer's own default
     return create_optimizer_v2(model, opt=cfg.opt, lr=peak_lr(cfg), weight_decay=cfg.weight_decay,
-                               layer_decay=cfg.layer_decay)
+                               layer_decay=cfg.layer_decay, **eps)
 
 
 def scaled_lrs(optimizer) -> List[float]:
@@ -50,6 +66,18 @@ def build_optimization(run) -> None:
         run.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
                           num_classes=len(run.classes))
     run.criterion = criterion(cfg, mixed=run.mixup is not None)
+
+
+def even_batch(run, batch: Optional[Sequence[torch.Tensor]]):
+    """The micro-batch as mixup / cutmix can take it: timm's ``Mixup`` pairs sample i with sample n - 1 - i and needs
+    an even batch, so one left odd by a skipped unreadable image loses its last sample (counted in
+    ``run.mixup_dropped``, warned about); None (no readable sample left) stays None."""
+    if batch is None or run.mixup is None or batch[0].shape[0] % 2 == 0:
+        return batch
+    run.mixup_dropped += 1
+    warnings.warn(f"mixup / cutmix need an even batch: dropped one sample of a batch of {batch[0].shape[0]} left odd "
+                  f"by an unreadable image ({run.mixup_dropped} dropped so far)")
+    return [t[:-1] for t in batch] if batch[0].shape[0] > 1 else None
 
 
 def criterion(cfg, mixed: bool):

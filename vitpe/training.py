@@ -39,7 +39,7 @@ from .data.pipeline import build_loaders
 from .data import data_size, with_frames
 from .errors import CheckpointError, TrainingError
 from .eval.loop import evaluate
-from .optim import build_optimization, warm_up
+from .optim import build_optimization, drop_path_kwargs, even_batch, warm_up
 from .runlog import Logger
 
 __all__ = ['Callback', 'TrainConfig', 'TrainingError', 'CheckpointError', 'train', 'CHECKPOINT_FORMAT',
@@ -86,6 +86,7 @@ class Run:
     start_epoch: int = 0
     best_acc: float = -1.0
     num_updates: int = 0
+    mixup_dropped: int = 0  # samples dropped to keep mixup's batches even (optim.even_batch)
 
 
 # ---------------------------------------------------------------------------------------------- set-up
@@ -127,14 +128,14 @@ def load_sources(cfg: TrainConfig):
     if cfg.initial_checkpoint:
         try:
             initial = load_checkpoint(cfg.initial_checkpoint)
-        except CheckpointError:
+        except CheckpointError as e:
             if not os.path.isfile(cfg.initial_checkpoint):
                 raise
             if not cfg.model:
-                raise CheckpointError(f"{cfg.initial_checkpoint!r} is not a vitpe checkpoint, so it does not name "
-                                      f"its model: give --model") from None
+                raise CheckpointError(f"{e}. Read as weights instead, it would not name its model: give "
+                                      f"--model") from None
             weights = cfg.initial_checkpoint  # read as weights (create_pretrained names what is wrong with it)
-    elif cfg.pretrained or cfg.pretrained_path:
+    elif (cfg.pretrained or cfg.pretrained_path) and resume is None:  # a resume has the weights
         weights = pretrained_file(cfg.model, cfg.pretrained_path)
     return resume, initial, weights
 
@@ -156,7 +157,7 @@ def build_model(run: Run, initial: Optional[Dict[str, Any]], weights: Optional[s
     """The model (weights from ``initial`` or the file ``weights`` if given, a new head for another number of
     classes), with drop path for training, its EMA, and the DDP wrapper for several processes."""
     num_classes = len(run.classes)
-    kwargs = dict(run.model_kwargs, **({'drop_path_rate': run.cfg.drop_path} if run.cfg.drop_path else {}))
+    kwargs = dict(run.model_kwargs, **drop_path_kwargs(run.cfg, run.model_name))
     if weights is not None:
         model = create_pretrained(run, weights, kwargs).to(run.device)
     else:
@@ -264,12 +265,13 @@ def train_step(run: Run, batches: Sequence, epoch: int, step: int, callbacks: Se
 
 
 def update_batches(run: Run):
-    """The training loader's batches grouped by update: lists of ``grad_accum_steps`` readable micro-batches,
-    ``steps_per_epoch`` of them."""
+    """The training loader's batches grouped by update: lists of ``grad_accum_steps`` readable micro-batches (even
+    with mixup), ``steps_per_epoch`` of them."""
     group, updates = [], 0
     for batch in run.train_loader:
         if updates >= run.steps_per_epoch:
             return
+        batch = even_batch(run, batch)  # None: nothing readable
         if batch is None:
             continue
         group.append(batch)

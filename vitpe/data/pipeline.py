@@ -104,12 +104,16 @@ def holdout_split(targets: Sequence[int], fraction: float, seed: int) -> tuple:
 def folder_split(root: str, split: str, transform, val_fraction: float = 0.0, split_seed: int = 0,
                  classes: Optional[Sequence[str]] = None) -> Dataset:
     """The ``split`` ('train' or 'val') of an ImageFolder tree: ``root/train`` and ``root/val`` when they exist;
-    a folder without ``val/`` needs ``val_fraction`` (a held-out part of each class, seed ``split_seed``)."""
+    a folder without ``val/`` needs ``val_fraction`` (a held-out part of each class, seed ``split_seed``); one with
+    ``val/`` but no ``train/`` is refused for training (its val/ would be read as a class)."""
     if not os.path.isdir(root):
         raise ValueError(f"image folder {root!r} does not exist or is not a directory")
     train_dir = os.path.join(root, 'train') if os.path.isdir(os.path.join(root, 'train')) else root
     val_dir = os.path.join(root, 'val')
     if os.path.isdir(val_dir):
+        if split == 'train' and train_dir == root:  # ImageFolder would read val/ as a class and train on it
+            raise ValueError(f"{root!r} has a val/ folder but no train/ folder: put the training class folders "
+                             f"in {os.path.join(root, 'train')}/ (or remove val/ and use --val-fraction)")
         if val_fraction:
             raise ValueError(f"{root!r} has a val/ folder; --val-fraction {val_fraction} would hold out a second "
                              f"validation set (leave it at 0)")
@@ -155,6 +159,10 @@ def build_loaders(cfg, rank: int, world: int, model_name: Optional[str]) -> Dict
     if cfg.batch_size % per_step:
         raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes x "
                          f"{cfg.grad_accum_steps} accumulation steps")
+    if (cfg.mixup > 0 or cfg.cutmix > 0) and (cfg.batch_size // per_step) % 2:
+        raise ValueError(f"mixup / cutmix need an even batch per process and step: --batch-size {cfg.batch_size} / "
+                         f"({world} processes x {cfg.grad_accum_steps} accumulation steps) = "
+                         f"{cfg.batch_size // per_step}")
     check_folder_options(cfg)
     if cfg.data.startswith(('synthetic', 'clips')) or cfg.num_frames:  # built-in scenes or clips, frame folders
         train_set = build_dataset(cfg.data, data_size(cfg), 'train', cfg.train_samples, seed=cfg.seed)
@@ -167,7 +175,7 @@ def build_loaders(cfg, rank: int, world: int, model_name: Optional[str]) -> Dict
                                                                options['interpolation'], 'crop', options['mean'],
                                                                options['std']), **split)
         train_set = random_subset(train_set, cfg.train_samples, cfg.seed)
-        val_set = random_subset(val_set, cfg.val_samples, cfg.seed)
+        val_set = random_subset(val_set, cfg.val_samples, cfg.split_seed)  # the same images for every --seed
     micro = cfg.batch_size // per_step
     sampler = make_sampler(train_set, cfg, rank, world)
     train_loader = DataLoader(train_set, batch_size=micro, sampler=sampler, drop_last=True, num_workers=cfg.workers,
@@ -185,13 +193,24 @@ def build_loaders(cfg, rank: int, world: int, model_name: Optional[str]) -> Dict
                 sampler=sampler, steps_per_epoch=steps)
 
 
-def eval_spec(ckpt: Dict[str, Any], protocol: str = 'crop', explicit: bool = False) -> tuple:
+def _same_folder(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def eval_spec(ckpt: Dict[str, Any], protocol: str = 'crop', data: Optional[str] = None) -> tuple:
     """How a checkpoint is evaluated on an image folder, as a hashable tuple for ``eval_dataset``: the protocol, its
-    training config's crop_pct and interpolation (else its model's), its classes, and where the images come from
-    (``explicit``: a folder the user names, its val/ or all of it; else the training data's validation split)."""
+    training config's crop_pct and interpolation (else its model's), its classes, and where the images come from:
+    the training data's validation split (its val/, or the part held out with its val_fraction and split_seed) when
+    ``data`` is None or that same folder; else ``data``'s val/, or all of it. Its training folder's train/ raises
+    ValueError (those images were trained on)."""
     check_protocol(protocol)
     config = ckpt.get('config') or {}
     model = model_data_config(ckpt.get('model_name'))
+    trained_on = ckpt.get('data') or ''
+    if data is not None and trained_on and _same_folder(data, os.path.join(trained_on, 'train')):
+        raise ValueError(f"{data!r} is the training images of this checkpoint; give --data {trained_on!r} (its "
+                         f"validation split) or another folder")
+    explicit = data is not None and not (trained_on and _same_folder(data, trained_on))
     split = ('test', 0.0, 0) if explicit else ('val', config.get('val_fraction', 0.0), config.get('split_seed', 0))
     classes = tuple(ckpt['classes']) if ckpt.get('classes') else None
     return (protocol, config.get('crop_pct') or model['crop_pct'], config.get('interpolation') or model['interpolation'],

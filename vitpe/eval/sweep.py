@@ -97,7 +97,8 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
     (never seen in training or model selection); the same scenes are rendered at every resolution. Image
     folders go through each checkpoint's evaluation transform at every resolution under ``protocol`` ('crop':
     resize by its crop_pct, then the centre crop; 'resize': the whole image; ``vitpe.data.pipeline``), on its
-    validation split (``data`` given: that folder's val/, else all of it), ``samples`` images drawn at random.
+    validation split (``data`` given: that folder's val/, else all of it, unless it is the checkpoint's own training
+    folder: then its validation split; ``pipeline.eval_spec``), ``samples`` images drawn at random.
 
     ``diagnostics``: also the attention entropy and distance per layer (``Record.diagnostics``), from a
     second, untimed pass over the first ``diagnostic_samples`` images (attention then computes its
@@ -118,15 +119,7 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
                  for r in resolutions]
     records = []
     for i, path, model, ckpt, strategy, res, f in tqdm(jobs, desc='sweep', disable=not progress):
-        spec = data or ckpt['data']
-        builtin = spec.startswith(('synthetic', 'clips'))
-        how = () if builtin or f else eval_spec(ckpt, protocol, explicit=data is not None)
-        key = (spec, res, f) + how
-        if key not in cache:  # built-in data: the test split; folders of frames: their val split
-            size = (f, res, res) if f else res
-            cache[key] = materialize(eval_dataset(spec, res, samples, how) if how else
-                                     build_dataset(spec, size, 'test' if builtin else 'val', samples))
-        images, targets = cache[key]
+        images, targets = eval_images(cache, data or ckpt['data'], ckpt, res, f, samples, protocol, data)
         with PeakMemory(device) as mem:
             m = evaluate(model, tensor_batches(images, targets, batch_size), device, strategy=strategy)
         if diagnostics:
@@ -147,6 +140,20 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
 def sweep_axis(records: Iterable[Record]) -> str:
     """What the table and plot run along: 'frames' when the records hold several frame counts, else 'res'."""
     return 'frames' if len({r.frames for r in records}) > 1 else 'res'
+
+
+def eval_images(cache: Dict[tuple, tuple], spec: str, ckpt, res: int, frames: Optional[int], samples: int,
+                protocol: str, data: Optional[str]) -> tuple:
+    """(images, labels) of ``spec`` at ``res`` (and ``frames``), made once per sweep: built-in data its test split,
+    folders of frames their val split, image folders through the checkpoint's evaluation transform."""
+    builtin = spec.startswith(('synthetic', 'clips'))
+    how = () if builtin or frames else eval_spec(ckpt, protocol, data)
+    key = (spec, res, frames) + how
+    if key not in cache:
+        size = (frames, res, res) if frames else res
+        cache[key] = materialize(eval_dataset(spec, res, samples, how) if how else
+                                 build_dataset(spec, size, 'test' if builtin else 'val', samples))
+    return cache[key]
 
 
 def _series(records: Iterable[Record]) -> Dict[tuple, Dict[int, Record]]:

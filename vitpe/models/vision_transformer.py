@@ -37,6 +37,13 @@ def _check_trunk_args(global_pool: str, class_token: bool, in_chans) -> None:
         raise ValueError(f"invalid in_chans={in_chans!r}; expected a positive integer")
 
 
+def drop_path_rates(rate: float, depth: int, mode: str = 'linear') -> List[float]:
+    """Stochastic depth per block: 'linear' from 0 to ``rate`` (timm, DeiT), or 'constant' (DeiT-III)."""
+    if mode not in ('linear', 'constant'):
+        raise ValueError(f"invalid drop_path_mode={mode!r}; expected 'linear' or 'constant'")
+    return [rate if mode == 'constant' else rate * i / max(depth - 1, 1) for i in range(depth)]
+
+
 class VisionTransformer(nn.Module):
     """Vision Transformer over images (patch_size of 2 entries) or video (3 entries: T, H, W) with a
     pluggable positional scheme.
@@ -45,7 +52,9 @@ class VisionTransformer(nn.Module):
     divides works at run time), patch_size, in_chans, num_classes, global_pool ('token', 'avg', ''),
     embed_dim, depth, num_heads, mlp_ratio, qkv_bias, qk_norm, init_values (LayerScale, None = off),
     class_token, reg_tokens, fc_norm (None: on for avg pooling), pre_norm, drop_rate, pos_drop_rate,
-    attn_drop_rate, proj_drop_rate, drop_path_rate, norm_layer, act_layer, pos_enc (scheme name, see
+    attn_drop_rate, proj_drop_rate, drop_path_rate, drop_path_mode ('linear': block i of L at
+    drop_path_rate * i / (L - 1), timm and DeiT; 'constant': every block at drop_path_rate, DeiT-III's
+    models_v2.py), norm_layer, act_layer, pos_enc (scheme name, see
     ``vitpe.list_pos_encodings()``), pos_enc_args (the scheme's options), num_frames (video: the reference
     clip length T, with img_size the frame size), window_size (None: global
     attention everywhere; an int or one per axis: ViTDet's window attention, see ``vitpe.layers.window``),
@@ -71,13 +80,10 @@ class VisionTransformer(nn.Module):
             reg_tokens: int = 0,
             fc_norm: Optional[bool] = None,
             pre_norm: bool = False,
-            drop_rate: float = 0.,
-            pos_drop_rate: float = 0.,
-            attn_drop_rate: float = 0.,
-            proj_drop_rate: float = 0.,
+            drop_rate: float = 0., pos_drop_rate: float = 0., attn_drop_rate: float = 0., proj_drop_rate: float = 0.,
             drop_path_rate: float = 0.,
-            norm_layer=None,
-            act_layer=None,
+            drop_path_mode: str = 'linear',
+            norm_layer=None, act_layer=None,
             pos_enc: str = 'ape',
             pos_enc_args: Optional[Dict[str, Any]] = None,
             num_frames: Optional[int] = None,
@@ -100,11 +106,11 @@ class VisionTransformer(nn.Module):
             num_prefix_tokens=self.num_prefix_tokens, **(pos_enc_args or {}))
         self.pos_drop = nn.Dropout(pos_drop_rate)
         self.norm_pre = norm_layer(embed_dim) if pre_norm else nn.Identity()
+        dpr = drop_path_rates(drop_path_rate, depth, drop_path_mode)
         block = partial(Block, embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_norm=qk_norm,
                         init_values=init_values, attn_drop=attn_drop_rate, proj_drop=proj_drop_rate,
                         norm_layer=norm_layer, act_layer=act_layer)
-        self.blocks = nn.ModuleList([block(layer=i, drop_path=drop_path_rate * i / max(depth - 1, 1))  # linear decay
-                                     for i in range(depth)])
+        self.blocks = nn.ModuleList([block(layer=i, drop_path=dpr[i]) for i in range(depth)])
         self.set_windows(window_size, global_blocks)
         self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=max(patch_size))
                              for i in range(depth)]
