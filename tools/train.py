@@ -15,19 +15,13 @@ The options are the fields of ``vitpe.config.TrainConfig``; the loop is ``vitpe.
 import sys
 
 from vitpe.config import parse_config
-from vitpe.errors import TrainingError
+from vitpe.errors import exit_code
 from vitpe.training import train
 
 
 def main(argv=None, callbacks=None) -> int:
     """Parse the command line into a TrainConfig and train; a TrainingError prints its message, exit code 2."""
-    cfg = parse_config(argv)
-    try:
-        train(cfg, callbacks=callbacks)
-    except TrainingError as e:
-        print(f"error: {e}", flush=True)
-        return 2
-    return 0
+    return exit_code(train, parse_config(argv), callbacks=callbacks)
 
 
 if __name__ == '__main__':

@@ -37,7 +37,7 @@ from .checkpoint import (create_model, load_checkpoint, pretrained_file, read_we
 from .config import TrainConfig, parse_config
 from .data.pipeline import build_loaders
 from .data import data_size, with_frames
-from .errors import CheckpointError, TrainingError
+from .errors import CheckpointError, TrainingError, exit_code
 from .eval.loop import evaluate
 from .optim import build_optimization, drop_path_kwargs, even_batch, warm_up
 from .runlog import Logger
@@ -378,13 +378,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Deprecated: ``tools/train.py`` (the command line); 2 and a message on a ``TrainingError``."""
     warnings.warn("vitpe.training.main is deprecated; run tools/train.py or call train(TrainConfig(...))",
                   DeprecationWarning, stacklevel=2)
-    cfg = parse_config(argv)
-    try:
-        train(cfg)
-    except TrainingError as e:
-        print(f"error: {e}", flush=True)
-        return 2
-    return 0
+    return exit_code(train, parse_config(argv))
 
 
 def __getattr__(name: str):

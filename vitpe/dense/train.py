@@ -21,7 +21,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
 from ..checkpoint import rng_state, save_checkpoint, set_rng_state
-from ..errors import CheckpointError, TrainingError
+from ..errors import CheckpointError, TrainingError, exit_code
 from ..training import Logger, seed_everything, setup_distributed, unwrap
 from .config import DenseConfig, parse_dense_config
 from .data import CocoDetection, SegmentationFolder, collate_detection, write_coco, write_segmentation_folders
@@ -235,10 +235,4 @@ def train(cfg: DenseConfig) -> Dict[str, Any]:
 
 def main(argv, task: str) -> int:
     """The command line of ``tools/train_det.py`` / ``train_seg.py``: a TrainingError prints its message, exit code 2."""
-    cfg = parse_dense_config(argv, task)
-    try:
-        train(cfg)
-    except TrainingError as e:
-        print(f"error: {e}", flush=True)
-        return 2
-    return 0
+    return exit_code(train, parse_dense_config(argv, task))
