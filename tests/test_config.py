@@ -16,10 +16,22 @@ OLD_DEFAULTS = {
     'cutmix': 0.0, 'model_ema': False, 'model_ema_decay': 0.998, 'amp': False, 'workers': 0, 'seed': 0,
     'output': 'runs/train', 'resume': None, 'initial_checkpoint': None, 'max_steps_per_epoch': None, 'quiet': False,
 }
+# options added for real data (issue 14): their defaults leave training as it was (no augmentation beyond
+# random-resized crop and flip, no drop path, no layer decay, one micro-batch per update)
+NEW_DEFAULTS = {
+    'aa': None, 'color_jitter': 0.0, 'scale': [0.08, 1.0], 'ratio': [3 / 4, 4 / 3], 'hflip': 0.5, 'vflip': 0.0,
+    'reprob': 0.0, 'remode': 'pixel', 'recount': 1, 'train_interpolation': 'bilinear', 'interpolation': None,
+    'crop_pct': None, 'val_fraction': 0.0, 'split_seed': 0, 'classes': None, 'aug_repeats': 0, 'drop_path': 0.0,
+    'layer_decay': None, 'grad_accum_steps': 1, 'warmup_epochs': None, 'lr_base': None, 'lr_base_size': 256,
+    'bce_loss': False, 'bce_target_thresh': None, 'channels_last': False, 'pretrained': False,
+    'pretrained_path': None,
+    'num_frames': None,  # video (issue 11)
+    'drop_path_mode': 'linear', 'opt_eps': None,
+}
 
 
 def test_defaults_are_the_old_ones_and_every_field_is_an_option():
-    assert TrainConfig().to_dict() == OLD_DEFAULTS
+    assert TrainConfig().to_dict() == {**OLD_DEFAULTS, **NEW_DEFAULTS}
     assert parse_config(['--model', 'm']) == TrainConfig(model='m')
     help_text = build_parser().format_help()
     for f in dataclasses.fields(TrainConfig):
@@ -85,3 +97,50 @@ def test_shipped_training_config_loads():
     cfg = parse_config(['--config', os.path.join(ROOT, 'configs', 'train_micro_rope_mixed_position_64.yaml')])
     assert (cfg.model, cfg.model_kwargs, cfg.img_size, cfg.epochs) == ('vitpe_micro_patch16_rope_mixed_64', {}, 64, 15)
     assert cfg.resume is None and parse_config(['--model', 'm', '--resume']).resume == 'auto'
+
+
+def test_list_options_from_the_command_line_and_yaml(tmp_path):
+    with pytest.warns(FutureWarning, match='--label-smoothing is deprecated'):
+        c = parse_config(['--model', 'm', '--scale', '0.35', '1', '--classes', 'a', 'b', '--label-smoothing', '0.1'])
+    assert c.scale == [0.35, 1.0] and c.classes == ['a', 'b'] and c.smoothing == 0.1
+    assert TrainConfig.from_dict({'ratio': [1, 2]}).ratio == [1.0, 2.0]
+    with pytest.raises(ValueError, match=r"scale\[1\] must be float, got str 'x'"):
+        TrainConfig.from_dict({'scale': [0.1, 'x']})
+
+
+def test_options_that_replace_each_other(tmp_path):
+    """--lr on the command line replaces a config's lr_base (and --warmup-steps its warmup_epochs); both in one
+    source, or two sources of the starting weights, are errors that name both."""
+    cfg = tmp_path / 'cfg.yaml'
+    cfg.write_text('model: m\nlr_base: 5.0e-4\nwarmup_epochs: 5\n')
+    c = parse_config(['-c', str(cfg), '--lr', '1e-3', '--warmup-steps', '7'])
+    assert (c.lr, c.lr_base, c.warmup_steps, c.warmup_epochs) == (1e-3, None, 7, None)
+    c = parse_config(['-c', str(cfg)])
+    assert (c.lr_base, c.warmup_epochs) == (5e-4, 5.0)
+    assert TrainConfig.from_yaml(str(cfg), lr=2e-3).lr_base is None
+    assert parse_config(['-c', str(cfg), '--lr-base', '1e-3']).lr_base == 1e-3
+    assert 'replaces the config\'s lr_base' in ' '.join(build_parser().format_help().split())
+    cfg.write_text('model: m\nlr: 1.0e-3\nlr_base: 5.0e-4\n')
+    with pytest.raises(ValueError, match=r"config .* sets both lr and lr_base; lr_base would replace lr"):
+        parse_config(['-c', str(cfg)])
+    with pytest.raises(ValueError, match='sets both warmup_steps and warmup_epochs'):
+        TrainConfig.from_dict({'warmup_steps': 3, 'warmup_epochs': 1})
+    with pytest.raises(ValueError, match=r"--pretrained / --pretrained-path \(w.pth\) and --initial-checkpoint "
+                                         r"\(a.pth\) both give the starting weights"):
+        parse_config(['--model', 'm', '--pretrained-path', 'w.pth', '--initial-checkpoint', 'a.pth'])
+    with pytest.raises(ValueError, match="--pretrained / --pretrained-path .* and --initial-checkpoint"):
+        TrainConfig(model='m', pretrained=True, initial_checkpoint='a.pth')
+
+
+def test_command_line_gives_both_of_a_pair_exits_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_config(['--model', 'm', '--lr', '1e-3', '--lr-base', '5e-4'])
+    assert e.value.code == 2 and '--lr and --lr-base both given' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('key,value,message', [('grad_accum_steps', 0, 'grad_accum_steps must be 1 or more, got 0'),
+                                               ('crop_pct', 0.0, r'crop_pct must be positive .*, got 0.0'),
+                                               ('crop_pct', -0.5, r'crop_pct must be positive .*, got -0.5')])
+def test_values_no_training_can_use_are_config_errors(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_dict({key: value})

@@ -86,7 +86,7 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path):
         for i in range(2):
             Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(tmp_path / cls / f'{i}.png')
     (tmp_path / 'a' / 'broken.png').write_bytes(b'not an image')
-    ds = build_dataset(str(tmp_path), 32, 'val')
+    ds = build_dataset(str(tmp_path), 32, 'test')  # a flat folder: the evaluation set as a whole
     with pytest.warns(UserWarning, match='skipping unreadable image .*broken.png'):
         batch = collate_skip_none([ds[i] for i in range(len(ds))])
     assert ds.num_corrupt == 1 and batch[0].shape == (4, 3, 32, 32)

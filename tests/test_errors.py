@@ -69,8 +69,13 @@ def test_bad_trunk_options():
 
 
 def test_rope_head_dim_must_split_over_axes():
-    with pytest.raises(ValueError, match="rope_axial: head_dim=20 must be divisible by 6 for a rank-3 grid"):
-        vitpe.create_pos_encoding('rope_axial', dim=40, num_heads=2, depth=1, grid_size=(2, 4, 4))
+    with pytest.raises(ValueError, match=r"rope_axial: head_dim=18 must be divisible by 4 for a rank-2 grid \(or pass"):
+        vitpe.create_pos_encoding("rope_axial", dim=36, num_heads=2, depth=1, grid_size=(4, 4))
+    with pytest.raises(ValueError, match=r"rope_mixed: head_dim=20: invalid split=\(2, 4, 5\); expected 3 positive "
+                                         r"integers \(frequencies per axis, grid order\) summing to 10"):
+        vitpe.create_pos_encoding('rope_mixed', dim=40, num_heads=2, depth=1, grid_size=(2, 4, 4), split=(2, 4, 5))
+    with pytest.raises(ValueError, match=r"sincos: dim=4: invalid split=\(1, 0\)"):
+        vitpe.create_pos_encoding('sincos', dim=4, num_heads=1, depth=1, grid_size=(4, 4), split=(1, 0))
 
 
 def test_a_scheme_must_declare_the_hooks_it_overrides():
@@ -106,7 +111,8 @@ def test_a_subclass_of_a_registered_scheme_does_not_take_its_models():
     class Clash(AbsolutePE):
         name = 'ape_clash'
         zoo = (ZooEntry('ape', sizes=('micro',)),)
-    with pytest.raises(ValueError, match=r"zoo models \['vitpe_micro_patch16_ape_64'\] are already registered"):
+    with pytest.raises(ValueError, match=r"zoo models \['vitpe_micro_patch16_ape_64', "
+                                         r"'vitpe_micro_patch16_ape_video_8x64'\] are already registered"):
         register_pos_encoding(Clash)
     assert 'ape_clash' not in vitpe.list_pos_encodings() and owner == 'ape'
     assert timm.create_model('vitpe_micro_patch16_ape_64').pos_enc.name == 'ape'

@@ -358,9 +358,9 @@ def test_drawn_positions_enter_rope_axial_as_the_formula():
     q = torch.randn(3, 4, 7, 16)
     got, _ = pe.qk(q, q, ctx, 0)
     pos = ctx.state.positions.of_batch(3).float()
-    from vitpe.pe.rotary import rope_axial_angles, rotate_pairs
-    for b in range(3):
-        rot = pe.with_prefix(rope_axial_angles(pos[b], pe.freqs), 1)
+    from vitpe.pe.rotary import rotate_pairs
+    for b in range(3):  # each channel pair: its axis's coordinate times its frequency
+        rot = pe.with_prefix(pos[b][:, pe.pair_axis] * pe.freqs, 1)
         torch.testing.assert_close(got[b], rotate_pairs(q[b], rot))
 
 

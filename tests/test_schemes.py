@@ -46,6 +46,20 @@ def test_bucket_counts(method, expected):
     assert pe.k_table.shape == (3, axes, 1, expected + 1)  # + the prefix bucket
 
 
+def test_irpe_contextual_scale_none_drops_the_one_over_sqrt_d():
+    """contextual_scale='none' (a study option) gives exactly sqrt(d) times the paper's contextual bias."""
+    paper, unscaled = make('irpe', on='qk'), make('irpe', on='qk', contextual_scale='none')
+    torch.manual_seed(0)
+    for p in paper.parameters():
+        p.data.normal_()
+    unscaled.load_state_dict(paper.state_dict())
+    q, k = torch.randn(2, 2, 21, 16), torch.randn(2, 2, 21, 16)
+    ctx = context(paper, (4, 5))
+    torch.testing.assert_close(unscaled.bias(q, k, ctx, 1), paper.bias(q, k, ctx, 1) * 16 ** 0.5)
+    with pytest.raises(ValueError, match="contextual_scale"):
+        make('irpe', contextual_scale='sqrt')
+
+
 def test_bucket_ids_follow_the_methods():
     shape = (6, 7)
     coords = [(r, c) for r in range(6) for c in range(7)]

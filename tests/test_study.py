@@ -1,5 +1,4 @@
 """tools/study.py on the library: TrainConfig per run, train, then the sweep; on 2 schemes at a tiny size."""
-import csv
 import os
 
 import numpy as np
@@ -7,6 +6,7 @@ import numpy as np
 import pytest
 
 import vitpe
+from vitpe.eval import read_csv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_STUDY = """
@@ -30,7 +30,7 @@ def test_study_trains_sweeps_and_skips_finished_runs(tmp_path, tool, capsys):
     config.write_text(TINY_STUDY)
     out = tmp_path / 'out'
     assert study.main(['--config', str(config), '--output', str(out)]) == 0
-    rows = list(csv.DictReader(open(out / 'results.csv')))
+    rows = list(read_csv(out / 'results.csv'))
     series = {(r['label'], r['strategy']) for r in rows}
     ape_strategies = {'logit', 'bicubic', 'bilinear', 'nearest'}
     assert series == {('none', 'none'), ('ape', 'none'), ('ape-kind', 'none')} | {('ape', s) for s in ape_strategies}
@@ -40,7 +40,7 @@ def test_study_trains_sweeps_and_skips_finished_runs(tmp_path, tool, capsys):
     for r in rows:
         per_cell.setdefault((r['label'], r['strategy'], int(r['res'])), {})[int(r['seed'])] = float(r['acc'])
     assert all(sorted(seeds) == [0, 1] for seeds in per_cell.values())
-    summary = list(csv.DictReader(open(out / 'summary.csv')))
+    summary = list(read_csv(out / 'summary.csv'))
     assert len(summary) == len(per_cell)
     for s in summary:
         accs = list(per_cell[(s['label'], s['strategy'], int(s['res']))].values())
@@ -49,6 +49,14 @@ def test_study_trains_sweeps_and_skips_finished_runs(tmp_path, tool, capsys):
     printed = capsys.readouterr().out
     assert 'Resolution study: 2 schemes on synthetic:position, trained at 32 px, 1 control runs, 2 seeds each' in printed
     assert '±' in printed and '±' in (out / 'results.md').read_text() and (out / 'resolution.png').exists()
+    # diagnostics by default: per-layer columns (depth 1), their mean over seeds in the summary, the second plot
+    assert {'entropy_l0', 'entropy_norm_l0', 'distance_l0', 'entropy_norm_mean'} <= set(rows[0])
+    assert 0 < float(rows[0]['entropy_norm_l0']) <= 1 and all(s['entropy_norm'] for s in summary)
+    assert (out / 'diagnostics.png').exists() and (out / 'summary.csv').read_text().startswith('# a run is one')
+    learning = read_csv(out / 'learning.csv')
+    assert sorted((r['label'], r['seed']) for r in learning) == sorted(
+        (name, str(seed)) for name in ('none', 'ape', 'ape-kind') for seed in (0, 1))
+    assert 'updates to reach 0.9, per seed' in printed
     names = [(name, seed) for name in ('none', 'ape', 'ape-kind') for seed in (0, 1)]
     stamps = {key: os.path.getmtime(out / 'runs' / key[0] / f'seed{key[1]}' / 'last.pth') for key in names}
     assert study.main(['--config', str(config), '--output', str(out), '--schemes', 'ape']) == 0  # nothing retrained
@@ -62,9 +70,9 @@ def test_study_one_seed_gives_no_spread_and_seeds_are_distinct_runs(tmp_path, to
                       .replace('controls:\n  synthetic:kind: [ape]\n', '').replace('strategy_schemes: [ape]\n', ''))
     out = tmp_path / 'out'
     assert study.main(['--config', str(config), '--output', str(out)]) == 0
-    summary = list(csv.DictReader(open(out / 'summary.csv')))
+    summary = list(read_csv(out / 'summary.csv'))
     assert [(s['label'], s['n_seeds'], s['std']) for s in summary] == [('ape', '1', '')] * 2
-    assert {r['seed'] for r in csv.DictReader(open(out / 'results.csv'))} == {'5'}
+    assert {r['seed'] for r in read_csv(out / 'results.csv')} == {'5'}
     assert '±' not in (out / 'results.md').read_text()
     runs = study.plan_runs(study.load_study(str(config)), str(tmp_path))
     assert [(r.name, r.seed, r.config.seed) for r in runs] == [('ape', 5, 5)]
@@ -84,16 +92,23 @@ def test_study_config_schemes_all_and_errors(tmp_path, tool):
     config = tmp_path / 'study.yaml'
     config.write_text(TINY_STUDY.replace('schemes: [none, ape]', 'schemes: all'))
     runs = study.plan_runs(study.load_study(str(config)), str(tmp_path))
-    assert [r.scheme for r in runs[::2]] == vitpe.list_pos_encodings() + ['ape']
+    # every model entry with a model at the study's size: irpe and irpe_ape are two; RoPE-ViT's rope_*_ape have
+    # small and base models only
+    entries = [e for name in vitpe.list_pos_encodings() for e in ([name, 'irpe_ape'] if name == 'irpe' else [name])]
+    assert [r.scheme for r in runs[::2]] == entries + ['ape']
     assert [r.seed for r in runs[:2]] == [0, 1] and [r.config.seed for r in runs[:2]] == [0, 1]
     assert runs[0].config.output == str(tmp_path / 'runs' / runs[0].name / 'seed0') and runs[0].config.resume == 'auto'
-    shipped = study.load_study(os.path.join(ROOT, 'configs', 'study_position_64.yaml'))
-    shipped_runs = study.plan_runs(shipped, 'x')
-    assert shipped['schemes'] == 'all' and shipped['seeds'] == 3
-    assert len(shipped_runs) == 3 * (len(vitpe.list_pos_encodings()) + 2)
-    ape = next(r for r in shipped_runs if r.scheme == 'ape')  # the first run of ape: seed 0, the zoo's micro model
+    demo = study.load_study(os.path.join(ROOT, 'configs', 'study_position_64.yaml'))
+    full = study.load_study(os.path.join(ROOT, 'configs', 'study_position_64_full.yaml'))
+    for key in ('task', 'model', 'train', 'seeds', 'resolutions', 'eval_samples', 'diagnostics'):
+        assert demo[key] == full[key], key  # one trunk and one recipe: the demo is a subset of the full study
+    assert demo['seeds'] == 3 and full['schemes'] == 'all' and set(demo['schemes']) < set(entries)
+    assert max(full['resolutions']) >= 5 * full['train']['img_size'] and min(full['resolutions']) < full['train']['img_size']
+    full_runs = study.plan_runs(full, 'x')
+    assert len(full_runs) == 3 * (len(entries) + 2)
+    ape = next(r for r in full_runs if r.scheme == 'ape')  # the first run of ape: seed 0, the zoo's micro model
     assert ape.seed == 0 and ape.config.model == 'vitpe_micro_patch16_ape_64' and ape.config.model_kwargs == {}
-    assert {'alibi', 'fire', 'kerple', 'lookhere', 'xpos'} <= {r.scheme for r in shipped_runs}
+    assert {'alibi', 'fire', 'kerple', 'lookhere', 'xpos'} <= {r.scheme for r in full_runs}
     for text, message in [(TINY_STUDY + 'seed: 3\n', r"unknown keys \['seed'\], missing keys \[\]"),
                           (TINY_STUDY.replace('schemes: [none, ape]', 'schemes: [none, rope2d]'),
                            r"unknown: \['rope2d'\]"),

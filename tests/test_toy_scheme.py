@@ -19,17 +19,20 @@ ENV.pop('PYTEST_XDIST_WORKER', None)
 def test_a_scheme_defined_in_a_test_file_passes_the_contract_and_reaches_the_catalogue():
     proc = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'toy_scheme', '-p', 'no:cacheprovider',
                            os.path.join(TESTS, 'test_contract.py'), os.path.join(TESTS, 'test_benchmark.py'),
+                           os.path.join(TESTS, 'test_video_models.py'),
                            '-k', 'toy'], env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     passed = int(re.search(r'(\d+) passed', proc.stdout).group(1))
-    # contract of vitpe_{micro,tiny}_patch16_toy_*, video trunk, gradient checkpointing, compile, SDPA mask
-    assert passed >= 6, proc.stdout[-2000:]
+    # contract of vitpe_{micro,tiny}_patch16_toy_*, video trunk, gradient checkpointing, compile, SDPA mask, the
+    # video contract of vitpe_micro_patch16_toy_video_8x64 and its one-frame equality with the image model
+    assert passed >= 8, proc.stdout[-2000:]
 
     code = ('import timm, toy_scheme; from vitpe.models import catalogue; '
             'names = timm.list_models("vitpe_*toy*"); print(names); print(catalogue.row(names[0]))')
     proc = subprocess.run([sys.executable, '-c', code], env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "['vitpe_micro_patch16_toy_64', 'vitpe_tiny_patch16_toy_224']" in proc.stdout
+    assert ("['vitpe_micro_patch16_toy_64', 'vitpe_micro_patch16_toy_video_8x64', 'vitpe_tiny_patch16_toy_224', "
+            "'vitpe_tiny_patch16_toy_video_8x224']") in proc.stdout
     assert re.search(r'\| vitpe_micro_patch16_toy_64 \| toy \| - \| 128 x 4 \| [\d.]+ \| 64 \| [\d.]+ \|', proc.stdout)
 
 

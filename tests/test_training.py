@@ -1,6 +1,7 @@
 """train -> checkpoint -> resume -> sweep, end to end on the CPU; DDP with 2 processes; NaN loss and a kill
 injected through callbacks; EMA, mixup and bf16; the deprecated entry points."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import torch
 from vitpe.checkpoint import load_checkpoint
 from vitpe.config import TrainConfig
 from vitpe.errors import CheckpointError, TrainingError
-from vitpe.eval import sweep, write_results
+from vitpe.eval import read_csv, sweep, write_results
 from vitpe.training import Callback, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,6 +113,27 @@ def test_train_checkpoint_logs_and_sweep(tmp_path, tool):
     assert [r.strategy for r in combos] == ['pi+logit']
     with pytest.raises(ValueError, match="cannot be combined"):
         sweep([str(tmp_path / 'run' / 'best.pth')], [48], ['pi+ntk'], samples=16, progress=False)
+    # the tool with --diagnostics: per-layer entropy and distance columns (depth 2) and the second plot
+    out = tmp_path / 'diag'
+    assert tool('eval_resolution').main(['--checkpoint', str(tmp_path / 'run' / 'best.pth'), '--resolutions', '32',
+                                         '64', '--samples', '16', '--output', str(out), '--diagnostics']) == 0
+    rows = read_csv(str(out / 'results.csv'))
+    assert {'entropy_l1', 'entropy_norm_l1', 'distance_l1', 'distance_mean'} <= set(rows[0])
+    assert (out / 'results.csv').read_text().startswith('# entropy_l<i>') and (out / 'diagnostics.png').exists()
+    assert float(rows[0]['entropy_l0']) == pytest.approx(float(rows[0]['entropy_norm_l0']) * math.log(1 + 4 * 4))
+
+
+def test_a_seed_reruns_bit_identically_and_seeds_differ(tmp_path):
+    """The study's per-seed determinism on one machine: the same seed twice gives the same weights (the second
+    run reads the scenes the first rendered, from the shared cache); another seed, other weights."""
+    def weights(seed, name):
+        train(TrainConfig(model='vitpe_tiny_patch16_ape_224', model_kwargs=TINY, img_size=32, train_samples=32,
+                          val_samples=16, batch_size=16, epochs=1, warmup_steps=1, seed=seed,
+                          output=str(tmp_path / name), quiet=True))
+        return load_checkpoint(str(tmp_path / name / 'last.pth'))['model']
+    first, again, other = weights(0, 'a'), weights(0, 'b'), weights(1, 'c')
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first['head.weight'], other['head.weight'])
 
 
 def test_the_validation_accuracy_is_the_evaluation_loop_on_the_checkpoint(tmp_path):

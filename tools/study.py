@@ -14,7 +14,8 @@ The config (YAML): ``task`` (data of the main runs), ``model`` (a name with ``{s
 ``model_kwargs``, ``schemes`` (``all``: every registered scheme, ``vitpe.list_pos_encodings()``; or a
 list), ``controls`` (task: [schemes] trained on another task), ``train`` (``TrainConfig`` fields),
 ``resolutions``, ``eval_samples``, ``strategy_schemes`` (swept with every strategy that applies) and
-``seeds`` (a number n: seeds 0..n-1, default 3; or a list of seeds). ``results.csv`` keeps every seed's
+``seeds`` (a number n: seeds 0..n-1, default 3; or a list of seeds); video studies add ``frames`` (the frame
+counts to test; configs/study_video_direction_8x64.yaml). ``results.csv`` keeps every seed's
 numbers; ``summary.csv`` and the table give mean, standard deviation (ddof=1) and number of seeds per cell.
 """
 import argparse
@@ -31,11 +32,12 @@ from tqdm import tqdm
 import vitpe
 from vitpe.checkpoint import load_checkpoint
 from vitpe.config import TrainConfig, read_yaml
-from vitpe.eval import summarize, summary_markdown, sweep, write_summary
+from vitpe.eval import summarize, summary_markdown, sweep, write_csv, write_summary
+from vitpe.eval.learning import learning_markdown, learning_record
 from vitpe.training import train
 
 REQUIRED = ('task', 'model', 'schemes', 'train', 'resolutions', 'eval_samples')
-OPTIONAL = ('model_kwargs', 'controls', 'strategy_schemes', 'seeds')
+OPTIONAL = ('model_kwargs', 'controls', 'strategy_schemes', 'seeds', 'diagnostics', 'frames')
 DEFAULT_SEEDS = 3
 
 
@@ -66,15 +68,23 @@ def load_study(path: str) -> Dict[str, Any]:
     return study
 
 
-def resolve_schemes(spec) -> List[str]:
-    """``'all'``: every registered scheme; a list: those, each checked against the registry."""
-    registered = vitpe.list_pos_encodings()
+def zoo_entries() -> List[str]:
+    """Every model entry of every registered scheme (``ZooEntry.suffix``: 'irpe' and 'irpe_ape' are two)."""
+    return [e.suffix for name in vitpe.list_pos_encodings() for e in vitpe.pe.get_pos_encoding_class(name).zoo]
+
+
+def resolve_schemes(spec, model: str) -> List[str]:
+    """``'all'``: every model entry of every registered scheme (``zoo_entries``) that has a model of the study's
+    size (``model``, a name with ``{scheme}``: RoPE-ViT's rope_*_ape entries have small and base models only);
+    a list: those, each checked."""
+    registered = zoo_entries()
     if spec == 'all':
-        return list(registered)
+        models = set(timm.list_models('vitpe_*'))
+        return [s for s in registered if model.format(scheme=s) in models]
     unknown = [s for s in spec if s not in registered]
     if isinstance(spec, str) or unknown:
-        raise ValueError(f"schemes must be 'all' or a list of registered schemes {registered}; unknown: "
-                         f"{unknown or spec!r}")
+        raise ValueError(f"schemes must be 'all' or a list of model entries of registered schemes {registered}; "
+                         f"unknown: {unknown or spec!r}")
     return list(spec)
 
 
@@ -93,9 +103,9 @@ def resolve_seeds(spec, source: str = 'study config') -> List[int]:
 def plan_runs(study: Dict[str, Any], output: str, schemes: Optional[List[str]] = None) -> List[StudyRun]:
     """One run per scheme and seed on the study's task, then the control runs; each with its ``TrainConfig``."""
     seeds = resolve_seeds(study.get('seeds', DEFAULT_SEEDS), f"study config {study['source']!r}")
-    pairs = [(s, s, study['task']) for s in resolve_schemes(schemes or study['schemes'])]
+    pairs = [(s, s, study['task']) for s in resolve_schemes(schemes or study['schemes'], study['model'])]
     for task, names in (study.get('controls') or {}).items():
-        pairs += [(f"{s}-{task.split(':')[-1]}", s, task) for s in resolve_schemes(names)]
+        pairs += [(f"{s}-{task.split(':')[-1]}", s, task) for s in resolve_schemes(names, study['model'])]
     missing = sorted({study['model'].format(scheme=s) for _, s, _ in pairs} - set(timm.list_models('vitpe_*')))
     if missing:
         raise ValueError(f"study config {study['source']!r}: models {missing} are not registered (the zoo entries "
@@ -117,12 +127,14 @@ def run_done(run: StudyRun) -> bool:
 
 
 def train_all(runs: List[StudyRun], started: float) -> None:
-    """Train every run not finished yet (an interrupted one resumes)."""
-    outer = tqdm(runs, desc='study: training', unit='run')
+    """Train every run not finished yet (an interrupted one resumes); the bar's estimate of the time left
+    counts the runs still to train (they cost about the same)."""
+    todo = [run for run in runs if not run_done(run)]
+    if len(todo) < len(runs):
+        tqdm.write(f"{len(runs) - len(todo)} of {len(runs)} runs already trained: kept")
+    outer = tqdm(todo, desc='study: training', unit='run')
     for run in outer:
         outer.set_postfix(run=f'{run.name} seed {run.seed}')
-        if run_done(run):
-            continue
         summary = train(run.config)
         tqdm.write(f"{run.name} seed {run.seed}: val_acc {summary['val_acc']:.3f} at {run.config.img_size} px "
                    f"({(time.time() - started) / 60:.1f} min so far)")
@@ -133,12 +145,16 @@ def evaluate_all(study: Dict[str, Any], runs: List[StudyRun]) -> list:
     ckpts = [os.path.join(r.config.output, 'best.pth') for r in runs]
     labels = [r.name for r in runs]
     seeds = [r.seed for r in runs]
-    records = sweep(ckpts, study['resolutions'], ['none'], samples=study['eval_samples'], labels=labels, seeds=seeds)
+    diagnostics = bool(study.get('diagnostics', True))
+    frames = study.get('frames')  # video studies: the frame counts to test
+    records = sweep(ckpts, study['resolutions'], ['none'], samples=study['eval_samples'], labels=labels, seeds=seeds,
+                    diagnostics=diagnostics, frames=frames)
     chosen = [(c, r) for c, r in zip(ckpts, runs)
               if r.scheme in (study.get('strategy_schemes') or []) and r.task == study['task']]
     if chosen:
         extra = sweep([c for c, _ in chosen], study['resolutions'], ['all'], samples=study['eval_samples'],
-                      labels=[r.name for _, r in chosen], seeds=[r.seed for _, r in chosen])
+                      labels=[r.name for _, r in chosen], seeds=[r.seed for _, r in chosen], diagnostics=diagnostics,
+                      frames=frames)
         records += [r for r in extra if r.strategy != 'none']
     return records
 
@@ -155,11 +171,15 @@ def main(argv=None) -> int:
     train_all(runs, started)
     records = evaluate_all(study, runs)
     paths = write_summary(records, args.output)
+    learning = [learning_record(r.name, r.seed, os.path.join(r.config.output, 'log.jsonl')) for r in runs]
+    paths['learning.csv'] = os.path.join(args.output, 'learning.csv')
+    write_csv(learning, paths['learning.csv'])
     n_seeds = len({r.seed for r in runs})
     n_main = len({r.name for r in runs if r.task == study['task']})
     n_controls = len({r.name for r in runs}) - n_main
     print(f"\nResolution study: {n_main} schemes on {study['task']}, trained at {runs[0].config.img_size} px, "
           f"{n_controls} control runs, {n_seeds} seeds each; {(time.time() - started) / 60:.1f} min\n")
+    print(learning_markdown(learning))
     print(summary_markdown(summarize(records)))
     print('wrote ' + ', '.join(paths.values()))
     return 0

@@ -205,6 +205,40 @@ def load_model(path: str, device: torch.device = torch.device('cpu')) -> Tuple[t
     return model.to(device).eval(), ckpt
 
 
+def pretrained_file(model_name: str, path: Optional[str] = None) -> str:
+    """The weights file to start ``model_name`` from: ``path`` when given, else the model's weights in timm's cache
+    (Hugging Face hub cache or torch hub's checkpoints folder). Nothing is downloaded: weights that are not on
+    this machine raise ``CheckpointError`` saying where they were looked for."""
+    if path:
+        if not os.path.isfile(path):
+            raise CheckpointError(f"pretrained weights {path!r} do not exist")
+        return path
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    if cfg is None:
+        raise CheckpointError(f"timm has no pretrained config for {model_name!r}; give the weights file with "
+                              f"--pretrained-path")
+    looked = []
+    if cfg.file:
+        looked.append(cfg.file)
+        if os.path.isfile(cfg.file):
+            return cfg.file
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+        for name in dict.fromkeys(n for n in (cfg.hf_hub_filename, 'model.safetensors', 'pytorch_model.bin') if n):
+            found = try_to_load_from_cache(cfg.hf_hub_id, name)
+            if isinstance(found, str):
+                return found
+        looked.append(f"the Hugging Face cache (hf-hub:{cfg.hf_hub_id})")
+    if cfg.url:
+        cached = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(cfg.url.split('?')[0]))
+        if os.path.isfile(cached):
+            return cached
+        looked.append(cached)
+    where = f"looked in {', '.join(looked)}" if looked else 'its pretrained config names no weights'
+    raise CheckpointError(f"no pretrained weights for {model_name!r} on this machine ({where}); vitpe downloads "
+                          f"nothing (there is no model hub to reach here): give the file with --pretrained-path")
+
+
 # ---------------------------------------------------------------------------------------------- describe
 def scheme_of(state_dict: Dict[str, Any]) -> Optional[str]:
     """The positional scheme a vitpe state dict was trained with (its ``pos_enc.scheme`` bytes), or None."""

@@ -21,6 +21,9 @@ import yaml
 
 # deprecated name -> field name (CLI flags with '-', YAML keys with '_')
 ALIASES = {'label_smoothing': 'smoothing', 'finetune': 'initial_checkpoint'}
+# (option, option that replaces it when set): one source (a YAML file, the command line) may set only one of them;
+# either given on the command line (or as a from_yaml override) clears the other in the YAML file
+REPLACES = (('lr', 'lr_base'), ('warmup_steps', 'warmup_epochs'))
 
 
 def option(default=None, help: str = '', *, factory=None, hidden: bool = False, **cli):
@@ -38,17 +41,22 @@ class TrainConfig:
                                   '(not needed with --initial-checkpoint or --resume, which name the model)')
     model_kwargs: Dict[str, Any] = option(help='extra model arguments: JSON (\'{"depth": 6}\') or timm-style '
                                           'key=value pairs (depth=6 patch_size=8)', factory=dict, nargs='+')
-    data: str = option('synthetic:position', 'synthetic:<position|quadrant|kind> or an ImageFolder path')
+    data: str = option('synthetic:position', 'synthetic:<position|quadrant|kind> or an ImageFolder path; video '
+                       'models: clips:<direction|kind> or a folder of frames (root/class/clip/*.png)')
     img_size: int = option(64, 'training resolution (pixels, square)')
-    train_samples: Optional[int] = option(None, 'built-in data: training scenes')
-    val_samples: Optional[int] = option(None, 'built-in data: validation scenes')
+    num_frames: Optional[int] = option(None, "video models: frames per clip (default: the model's, e.g. 8)")
+    train_samples: Optional[int] = option(None, 'built-in data: training scenes; image folders: a random subset')
+    val_samples: Optional[int] = option(None, 'built-in data: validation scenes; image folders: a random subset')
     epochs: int = option(10, 'epochs to train')
     batch_size: int = option(64, 'global batch over all processes (timm: per process)')
     opt: str = option('adamw', "timm optimizer name")
-    lr: float = option(1e-3, 'peak learning rate')
+    opt_eps: Optional[float] = option(None, "optimizer epsilon (default: timm's for the optimizer: adamw 1e-8, "
+                                      "lamb 1e-6; DeiT-III: 1e-8)")
+    lr: float = option(1e-3, 'peak learning rate (on the command line it replaces the config\'s lr_base)')
     weight_decay: float = option(0.05, 'weight decay')
     sched: str = option('cosine', 'timm scheduler name (stepped per update)')
-    warmup_steps: int = option(50, 'linear warm-up over this many updates, then the schedule')
+    warmup_steps: int = option(50, 'linear warm-up over this many updates, then the schedule (on the command line '
+                               'it replaces the config\'s warmup_epochs)')
     min_lr: float = option(1e-5, 'lowest learning rate of the schedule')
     clip_grad: float = option(1.0, 'clip the gradient norm to this (0: off)')
     smoothing: float = option(0.0, 'label smoothing')
@@ -64,17 +72,68 @@ class TrainConfig:
                                    'or a fresh start when there is none yet)', nargs='?', const='auto')
     initial_checkpoint: Optional[str] = option(None, 'start from the weights of a vitpe training checkpoint '
                                                '(tables resized to --img-size; a new head for other classes)')
+    # -- image folders: timm's augmentation (timm.data.create_transform) and evaluation transforms
+    aa: Optional[str] = option(None, "auto-augment policy: timm's rand-m9-mstd0.5-inc1 (DeiT), 3a (DeiT-III's "
+                               "3-Augment) or any timm --aa string (image folders)")
+    color_jitter: float = option(0.0, 'colour jitter strength for brightness, contrast and saturation (0: off; '
+                                 'with --aa only for 3a, as timm)')
+    scale: List[float] = option(help='random-resized-crop area range', factory=lambda: [0.08, 1.0], nargs=2)
+    ratio: List[float] = option(help='random-resized-crop aspect range', factory=lambda: [3 / 4, 4 / 3], nargs=2)
+    hflip: float = option(0.5, 'horizontal flip probability (image folders)')
+    vflip: float = option(0.0, 'vertical flip probability (image folders)')
+    reprob: float = option(0.0, 'random erasing probability (image folders)')
+    remode: str = option('pixel', "random erasing fill: pixel, rand or const")
+    recount: int = option(1, 'random erasing: most rectangles per image')
+    train_interpolation: str = option('bilinear', 'training resize interpolation: bilinear, bicubic or random')
+    interpolation: Optional[str] = option(None, "evaluation resize interpolation (default: the model's, timm)")
+    crop_pct: Optional[float] = option(None, "evaluation: resize to img_size / crop_pct, then centre crop "
+                                       "(default: the model's, 0.9 for the vitpe zoo)")
+    val_fraction: float = option(0.0, 'a folder without val/: hold out this fraction of each class for validation '
+                                 '(0: refuse to train on such a folder)')
+    split_seed: int = option(0, 'seed of the --val-fraction split (the same split for every --seed)')
+    classes: Optional[List[str]] = option(None, 'train and validate on these class folders only', nargs='+')
+    aug_repeats: int = option(0, 'repeated augmentation: each image this many times per epoch, each copy on '
+                              "another process where there are several (timm's RepeatAugSampler; DeiT: 3; 0: off)")
+    # -- optimisation
+    drop_path: float = option(0.0, 'stochastic depth (timm drop_path_rate): the last block\'s rate, ramped from 0 '
+                              '(--drop-path-mode linear), or every block\'s (constant)')
+    drop_path_mode: str = option('linear', "stochastic depth per block: linear (from 0 to --drop-path; timm, DeiT) or "
+                                 "constant (--drop-path in every block; DeiT-III; vitpe models)")
+    layer_decay: Optional[float] = option(None, 'layer-wise learning-rate decay (timm): block i (from 0) of L '
+                                          'gets lr * layer_decay ** (L - i), the stem ** (L + 1), the head lr')
+    grad_accum_steps: int = option(1, 'micro-batches per update (batch_size stays the global batch per update)')
+    warmup_epochs: Optional[float] = option(None, 'warm-up in epochs (replaces --warmup-steps; both in one config '
+                                            'or command line: an error)')
+    lr_base: Optional[float] = option(None, 'learning rate per --lr-base-size images: when set, '
+                                      'lr = lr_base * batch_size / lr_base_size (replaces --lr; both in one config '
+                                      'or command line: an error)')
+    lr_base_size: int = option(256, 'global batch at which --lr-base is the learning rate')
+    bce_loss: bool = option(False, 'binary cross-entropy on the (mixed) targets instead of softmax cross-entropy')
+    bce_target_thresh: Optional[float] = option(None, 'binary cross-entropy: targets above this become 1 '
+                                                '(DeiT-III: 0.0)')
+    channels_last: bool = option(False, 'channels-last memory format for the model and the inputs')
+    pretrained: bool = option(False, "start from the model's pretrained weights: --pretrained-path, else timm's "
+                              'cache (nothing is downloaded)')
+    pretrained_path: Optional[str] = option(None, 'weights file for --pretrained (timm, authors\' or vitpe; '
+                                            'converted to the scheme)')
     max_steps_per_epoch: Optional[int] = option(None, 'cap on updates per epoch (tests)', hidden=True)
     quiet: bool = option(False, 'no progress bars or per-epoch lines')
 
+    def __post_init__(self):
+        check_values(self)
+
     @classmethod
     def from_dict(cls, values: Dict[str, Any], source: str = 'config') -> 'TrainConfig':
-        """A config from a mapping (YAML keys); unknown keys and values of the wrong type raise ValueError."""
+        """A config from a mapping (YAML keys); unknown keys, values of the wrong type and options that replace
+        each other (``REPLACES``) given together raise ValueError."""
         values = _rename_aliases(dict(values), source)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{source} has unknown keys {unknown}")
+        for old, new in REPLACES:
+            if values.get(old) is not None and values.get(new) is not None:
+                raise ValueError(f"{source} sets both {old} and {new}; {new} would replace {old}: give one")
         hints = typing.get_type_hints(cls)
         return cls(**{k: check_type(k, v, hints[k], source) for k, v in values.items()})
 
@@ -82,13 +141,39 @@ class TrainConfig:
     def from_yaml(cls, path: str, **overrides) -> 'TrainConfig':
         """A config from a YAML file; ``overrides`` (field names) take precedence over the file."""
         source = f"config {path!r}"
-        return cls.from_dict({**_rename_aliases(read_yaml(path), source), **overrides}, source=source)
+        return cls.from_dict(merge(_rename_aliases(read_yaml(path), source), overrides), source=source)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
     def replace(self, **changes) -> 'TrainConfig':
         return dataclasses.replace(self, **changes)
+
+
+def check_values(cfg: TrainConfig) -> None:
+    """Values no training can use, and two sources of the starting weights, raise ValueError naming them."""
+    if (cfg.pretrained or cfg.pretrained_path) and cfg.initial_checkpoint:
+        weights = cfg.pretrained_path or "the model's pretrained weights"
+        raise ValueError(f"--pretrained / --pretrained-path ({weights}) and --initial-checkpoint "
+                         f"({cfg.initial_checkpoint}) both give the starting weights: give one")
+    if cfg.grad_accum_steps <= 0:
+        raise ValueError(f"grad_accum_steps must be 1 or more, got {cfg.grad_accum_steps}")
+    if cfg.crop_pct is not None and cfg.crop_pct <= 0:
+        raise ValueError(f"crop_pct must be positive (the centre crop's share of the resized image), "
+                         f"got {cfg.crop_pct}")
+    if cfg.drop_path_mode not in ('linear', 'constant'):
+        raise ValueError(f"drop_path_mode must be 'linear' or 'constant', got {cfg.drop_path_mode!r}")
+
+
+def merge(values: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:
+    """``values`` (a YAML file) updated by ``overrides`` (the command line); an override of one option of a
+    ``REPLACES`` pair drops the other from ``values`` (``--lr`` over a config's lr_base)."""
+    out = dict(values)
+    for pair in REPLACES:
+        for given, other in (pair, pair[::-1]):
+            if given in overrides and other not in overrides:
+                out.pop(other, None)
+    return {**out, **overrides}
 
 
 def read_yaml(path: str) -> Dict[str, Any]:
@@ -111,10 +196,16 @@ def _rename_aliases(values: Dict[str, Any], source: str) -> Dict[str, Any]:
     return values
 
 
-def _base_type(hint) -> type:
-    """int for int and Optional[int]; dict for Dict[str, Any]."""
+def _optional_inner(hint):
+    """int for Optional[int]; anything else as it is."""
     if typing.get_origin(hint) is typing.Union:
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def _base_type(hint) -> type:
+    """int for int and Optional[int]; dict for Dict[str, Any]; list for List[float]."""
+    hint = _optional_inner(hint)
     return typing.get_origin(hint) or hint
 
 
@@ -132,6 +223,9 @@ def check_type(name: str, value: Any, hint, source: str = 'config') -> Any:
             pass
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if base is list and isinstance(value, (list, tuple)):
+        item = typing.get_args(_optional_inner(hint))[0]
+        return [check_type(f"{name}[{i}]", v, item, source) for i, v in enumerate(value)]
     if isinstance(value, base) and not (base is int and isinstance(value, bool)):
         return value
     expected = base.__name__ + (' or null' if optional else '')
@@ -193,6 +287,8 @@ def _argument(f: dataclasses.Field, hint) -> Dict[str, Any]:
         kwargs['action'] = argparse.BooleanOptionalAction
     elif base is dict:
         kwargs['action'] = _KwargsAction
+    elif base is list:
+        kwargs['type'] = typing.get_args(_optional_inner(hint))[0]
     else:
         kwargs['type'] = base
     return kwargs
@@ -223,7 +319,10 @@ def parse_config(argv: Optional[List[str]] = None) -> TrainConfig:
     values = read_yaml(path) if path else {}
     source = f"config {path!r}" if path else 'command line'
     values = _rename_aliases(values, source)
-    cfg = TrainConfig.from_dict({**values, **given}, source=source)
+    for old, new in REPLACES:
+        if old in given and new in given:
+            parser.error(f"{_flag(old)} and {_flag(new)} both given; {_flag(new)} would replace {_flag(old)}: give one")
+    cfg = TrainConfig.from_dict(merge(values, given), source=source)
     if not (cfg.model or cfg.initial_checkpoint or cfg.resume):
         parser.error('--model is required (or --initial-checkpoint / --resume, which name the model)')
     return cfg

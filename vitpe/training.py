@@ -12,8 +12,7 @@ holding the model name and arguments, the training resolution, the epoch and eve
 from __future__ import annotations
 
 import argparse
-import csv
-import json
+import contextlib
 import os
 import random
 import time
@@ -26,21 +25,22 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+import timm
 from timm.data import Mixup
-from timm.loss import SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
-from .checkpoint import create_model, load_checkpoint, rng_state, save_checkpoints, set_rng_state
+from .checkpoint import (create_model, load_checkpoint, pretrained_file, read_weights_file, rng_state,
+                         save_checkpoints, set_rng_state)
 from .config import TrainConfig, parse_config
-from .data import build_dataset, collate_skip_none
-from .errors import CheckpointError, TrainingError
+from .data.pipeline import build_loaders
+from .data import data_size, with_frames
+from .errors import CheckpointError, TrainingError, exit_code
 from .eval.loop import evaluate
+from .optim import build_optimization, drop_path_kwargs, even_batch, warm_up
+from .runlog import Logger
 
 __all__ = ['Callback', 'TrainConfig', 'TrainingError', 'CheckpointError', 'train', 'CHECKPOINT_FORMAT',
            'create_model', 'load_checkpoint']
@@ -59,39 +59,6 @@ class Callback:
         """After epoch ``epoch`` (from 1) is validated, checkpointed and logged (``row``: its log row)."""
 
 
-class Logger:
-    """One row per epoch in log.csv and log.jsonl (rank 0)."""
-
-    def __init__(self, folder: str, resume: bool):
-        self.csv_path = os.path.join(folder, 'log.csv')
-        self.jsonl_path = os.path.join(folder, 'log.jsonl')
-        if not resume:
-            for p in (self.csv_path, self.jsonl_path):
-                if os.path.exists(p):
-                    os.remove(p)
-
-    def write(self, row: Dict[str, Any]) -> None:
-        exists = os.path.exists(self.csv_path)
-        with open(self.csv_path, 'a', newline='') as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if not exists:
-                w.writeheader()
-            w.writerow(row)
-        with open(self.jsonl_path, 'a') as f:
-            f.write(json.dumps(row) + '\n')
-
-    def truncate(self, last_epoch: int) -> None:
-        """After a resume, drop rows of epochs that were not checkpointed (killed mid-epoch)."""
-        if os.path.exists(self.jsonl_path):
-            rows = [json.loads(l) for l in open(self.jsonl_path) if l.strip()]
-            rows = [r for r in rows if r['epoch'] <= last_epoch]
-            os.remove(self.jsonl_path)
-            if os.path.exists(self.csv_path):
-                os.remove(self.csv_path)
-            for r in rows:
-                self.write(r)
-
-
 @dataclass
 class Run:
     """Everything one training run holds between epochs."""
@@ -104,9 +71,11 @@ class Run:
     classes: List[str]
     train_loader: DataLoader
     val_loader: DataLoader
-    sampler: DistributedSampler
+    sampler: Any  # DistributedSampler or timm's RepeatAugSampler
     steps_per_epoch: int
-    model: torch.nn.Module = None
+    model: torch.nn.Module = None  # DDP-wrapped with several processes
+    unwrapped: torch.nn.Module = None
+    warmup: int = 0
     ema: Optional[ModelEmaV3] = None
     optimizer: Any = None
     scheduler: Any = None
@@ -117,6 +86,7 @@ class Run:
     start_epoch: int = 0
     best_acc: float = -1.0
     num_updates: int = 0
+    mixup_dropped: int = 0  # samples dropped to keep mixup's batches even (optim.even_batch)
 
 
 # ---------------------------------------------------------------------------------------------- set-up
@@ -146,45 +116,54 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def load_sources(cfg: TrainConfig):
-    """(checkpoint to resume, checkpoint to start from): ``resume='auto'`` is <output>/last.pth if it exists."""
+    """(checkpoint to resume, vitpe checkpoint to start from, foreign weights file to start from):
+    ``resume='auto'`` is <output>/last.pth if it exists; an ``initial_checkpoint`` that is not a vitpe checkpoint
+    is read as weights (timm's, the authors' or a plain state dict), as ``--pretrained-path``."""
     resume = None
     if cfg.resume:
         path = os.path.join(cfg.output, 'last.pth') if cfg.resume == 'auto' else cfg.resume
         if cfg.resume != 'auto' or os.path.exists(path):
             resume = load_checkpoint(path)
-    initial = load_checkpoint(cfg.initial_checkpoint) if cfg.initial_checkpoint else None
-    return resume, initial
+    initial, weights = None, None
+    if cfg.initial_checkpoint:
+        try:
+            initial = load_checkpoint(cfg.initial_checkpoint)
+        except CheckpointError as e:
+            if not os.path.isfile(cfg.initial_checkpoint):
+                raise
+            if not cfg.model:
+                raise CheckpointError(f"{e}. Read as weights instead, it would not name its model: give "
+                                      f"--model") from None
+            weights = cfg.initial_checkpoint  # read as weights (create_pretrained names what is wrong with it)
+    elif (cfg.pretrained or cfg.pretrained_path) and resume is None:  # a resume has the weights
+        weights = pretrained_file(cfg.model, cfg.pretrained_path)
+    return resume, initial, weights
 
 
-def build_data(cfg: TrainConfig, rank: int, world: int) -> Dict[str, Any]:
-    """Datasets, samplers and loaders (each process loads batch_size / world samples per step)."""
-    if cfg.batch_size % world:
-        raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes")
-    train_set = build_dataset(cfg.data, cfg.img_size, 'train', cfg.train_samples, seed=cfg.seed)
-    val_set = build_dataset(cfg.data, cfg.img_size, 'val', cfg.val_samples, seed=cfg.seed)
-    per_proc_batch = cfg.batch_size // world
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
-                                 drop_last=True)
-    train_loader = DataLoader(train_set, batch_size=per_proc_batch, sampler=sampler, drop_last=True,
-                              num_workers=cfg.workers, collate_fn=collate_skip_none)
-    val_sampler = DistributedSampler(val_set, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
-    val_loader = DataLoader(val_set, batch_size=per_proc_batch, sampler=val_sampler, num_workers=cfg.workers,
-                            collate_fn=collate_skip_none)
-    steps = len(train_loader)
-    if cfg.max_steps_per_epoch:
-        steps = min(steps, cfg.max_steps_per_epoch)
-    if steps == 0:
-        raise ValueError(f"the training set ({len(train_set)} samples) is smaller than one global batch "
-                         f"({cfg.batch_size})")
-    return dict(classes=list(train_set.classes), train_loader=train_loader, val_loader=val_loader,
-                sampler=sampler, steps_per_epoch=steps)
+def create_pretrained(run: Run, weights: str, kwargs: Dict[str, Any]) -> torch.nn.Module:
+    """The model with weights from a foreign file, through timm (safe loading; a vitpe model converts timm's or
+    the authors' checkpoints to its scheme, ``vitpe.models.convert``)."""
+    kwargs = dict(kwargs)
+    kwargs.setdefault('img_size', run.cfg.img_size)
+    read_weights_file(weights, header_only=True)  # a clear CheckpointError for a file that is not weights
+    try:
+        return timm.create_model(run.model_name, pretrained=True, pretrained_cfg_overlay=dict(file=weights),
+                                 num_classes=len(run.classes), **kwargs)
+    except (ValueError, RuntimeError, KeyError) as e:
+        raise CheckpointError(f"could not start {run.model_name} from {weights!r}: {e}") from None
 
 
-def build_model(run: Run, initial: Optional[Dict[str, Any]]) -> None:
-    """The model (weights from ``initial`` if given, a new head for another number of classes), its EMA,
-    and the DDP wrapper for several processes."""
+def build_model(run: Run, initial: Optional[Dict[str, Any]], weights: Optional[str] = None) -> None:
+    """The model (weights from ``initial`` or the file ``weights`` if given, a new head for another number of
+    classes), with drop path for training, its EMA, and the DDP wrapper for several processes."""
     num_classes = len(run.classes)
-    model = create_model(run.model_name, num_classes, run.cfg.img_size, run.model_kwargs).to(run.device)
+    kwargs = dict(run.model_kwargs, **drop_path_kwargs(run.cfg, run.model_name))
+    if weights is not None:
+        model = create_pretrained(run, weights, kwargs).to(run.device)
+    else:
+        model = create_model(run.model_name, num_classes, run.cfg.img_size, kwargs).to(run.device)
+    if run.cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if initial is not None:
         state = initial['model']
         if initial.get('num_classes') != num_classes:  # a new task: keep everything but the head
@@ -198,20 +177,7 @@ def build_model(run: Run, initial: Optional[Dict[str, Any]]) -> None:
     if run.world > 1:
         model = DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type == 'cuda' else None)
     run.model = model
-
-
-def build_optimization(run: Run) -> None:
-    """timm's optimizer and per-update scheduler, mixup / cutmix and the loss."""
-    cfg = run.cfg
-    run.optimizer = create_optimizer_v2(unwrap(run.model), opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    run.base_lrs = [g['lr'] for g in run.optimizer.param_groups]  # before the scheduler or a resume touch them
-    run.scheduler, _ = create_scheduler_v2(run.optimizer, sched=cfg.sched, num_epochs=cfg.epochs, min_lr=cfg.min_lr,
-                                           warmup_epochs=0, step_on_epochs=False,
-                                           updates_per_epoch=run.steps_per_epoch)
-    if cfg.mixup > 0 or cfg.cutmix > 0:
-        run.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
-                          num_classes=len(run.classes))
-    run.criterion = SoftTargetCrossEntropy() if run.mixup else torch.nn.CrossEntropyLoss(label_smoothing=cfg.smoothing)
+    run.unwrapped = unwrap(model)
 
 
 def restore(run: Run, ckpt: Dict[str, Any]) -> None:
@@ -230,15 +196,19 @@ def prepare(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> Ru
     if not (cfg.model or cfg.initial_checkpoint or cfg.resume):
         raise ValueError("TrainConfig needs a model (or initial_checkpoint / resume, which name the model)")
     os.makedirs(cfg.output, exist_ok=True)
-    resume, initial = load_sources(cfg)
+    resume, initial, weights = load_sources(cfg)
     source = resume or initial
     if resume is not None:
         cfg = cfg.replace(img_size=resume['img_size'])
     model_kwargs = dict(source['model_kwargs']) if source and not cfg.model_kwargs else dict(cfg.model_kwargs)
+    model_name = cfg.model or source['model_name']
+    cfg = with_frames(cfg, model_name, model_kwargs)  # video: clips of the model's frames
     seed_everything(cfg.seed)
-    run = Run(cfg, rank, world, device, model_name=cfg.model or source['model_name'], model_kwargs=model_kwargs,
-              **build_data(cfg, rank, world))
-    build_model(run, initial if resume is None else None)
+    run = Run(cfg, rank, world, device, model_name=model_name, model_kwargs=model_kwargs,
+              **build_loaders(cfg, rank, world, model_name))
+    build_model(run, initial if resume is None else None, weights if resume is None else None)
+    if world > 1:  # the same weights everywhere (DDP broadcasts them), another augmentation stream per process
+        seed_everything(cfg.seed + rank)
     build_optimization(run)
     if resume is not None:
         restore(run, resume)
@@ -250,33 +220,64 @@ def prepare(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> Ru
 
 
 # ---------------------------------------------------------------------------------------------- epochs
-def train_step(run: Run, batch, epoch: int, step: int, callbacks: Sequence[Callback]) -> float:
-    """One update on one batch; the loss. A loss that is not finite stops training with a TrainingError."""
-    cfg, optimizer = run.cfg, run.optimizer
+def micro_step(run: Run, batch, weight: float, sync: bool, epoch: int, step: int,
+               callbacks: Sequence[Callback]) -> float:
+    """Forward and backward of one micro-batch, its loss scaled by ``weight`` (its share of the update's samples);
+    ``sync``: DDP all-reduces the gradients in this backward (the last micro-batch of an update)."""
     x, y = batch[0].to(run.device), batch[1].to(run.device)
+    if run.cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     if run.mixup is not None:
         x, y = run.mixup(x, y)
-    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-        loss = run.criterion(run.model(x), y)
-    for cb in callbacks:
-        loss = cb.on_loss(loss, run.num_updates + 1)
-    if not torch.isfinite(loss):
-        raise TrainingError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} (update "
-                            f"{run.num_updates + 1}); stopping. The last good checkpoint is kept in "
-                            f"{os.path.join(cfg.output, 'last.pth')}")
+    no_sync = run.model.no_sync if run.world > 1 and not sync else contextlib.nullcontext
+    with no_sync():
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.cfg.amp):
+            loss = run.criterion(run.model(x), y)
+        for cb in callbacks:
+            loss = cb.on_loss(loss, run.num_updates + 1)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} (update "
+                                f"{run.num_updates + 1}); stopping. The last good checkpoint is kept in "
+                                f"{os.path.join(run.cfg.output, 'last.pth')}")
+        (loss * weight).backward()
+    return loss.item()
+
+
+def train_step(run: Run, batches: Sequence, epoch: int, step: int, callbacks: Sequence[Callback]) -> float:
+    """One update on ``batches`` (``grad_accum_steps`` micro-batches; the gradient of their mean loss over all
+    samples, as one batch of them all would give); the mean loss. A loss that is not finite stops training with
+    a TrainingError."""
+    cfg, optimizer = run.cfg, run.optimizer
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    total, loss = sum(b[0].shape[0] for b in batches), 0.0
+    for i, b in enumerate(batches):
+        share = b[0].shape[0] / total
+        loss += share * micro_step(run, b, share, i == len(batches) - 1, epoch, step, callbacks)
     if cfg.clip_grad:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad)
-    if run.num_updates < cfg.warmup_steps:  # linear warm-up over steps, then timm's schedule
-        for g, lr in zip(optimizer.param_groups, run.base_lrs):
-            g['lr'] = lr * (run.num_updates + 1) / cfg.warmup_steps
+    warm_up(run)
     optimizer.step()
     run.num_updates += 1
     run.scheduler.step_update(run.num_updates)
     if run.ema is not None:
-        run.ema.update(unwrap(run.model), step=run.num_updates)
-    return loss.item()
+        run.ema.update(run.unwrapped, step=run.num_updates)
+    return loss
+
+
+def update_batches(run: Run):
+    """The training loader's batches grouped by update: lists of ``grad_accum_steps`` readable micro-batches (even
+    with mixup), ``steps_per_epoch`` of them."""
+    group, updates = [], 0
+    for batch in run.train_loader:
+        if updates >= run.steps_per_epoch:
+            return
+        batch = even_batch(run, batch)  # None: nothing readable
+        if batch is None:
+            continue
+        group.append(batch)
+        if len(group) == run.cfg.grad_accum_steps:
+            yield group
+            group, updates = [], updates + 1
 
 
 def train_epoch(run: Run, epoch: int, callbacks: Sequence[Callback]) -> float:
@@ -286,14 +287,11 @@ def train_epoch(run: Run, epoch: int, callbacks: Sequence[Callback]) -> float:
     loss_sum, seen = 0.0, 0
     bar = tqdm(total=run.steps_per_epoch, desc=f'epoch {epoch + 1}/{run.cfg.epochs}', leave=False,
                disable=run.rank != 0 or run.cfg.quiet)
-    for step, batch in enumerate(run.train_loader):
-        if step >= run.steps_per_epoch:
-            break
-        if batch is None:
-            continue
-        loss = train_step(run, batch, epoch, step, callbacks)
-        loss_sum += loss * batch[0].shape[0]
-        seen += batch[0].shape[0]
+    for step, batches in enumerate(update_batches(run)):
+        loss = train_step(run, batches, epoch, step, callbacks)
+        n = sum(b[0].shape[0] for b in batches)
+        loss_sum += loss * n
+        seen += n
         bar.set_postfix(loss=f'{loss:.3f}', lr=f"{run.optimizer.param_groups[0]['lr']:.2e}")
         bar.update()
     bar.close()
@@ -380,13 +378,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Deprecated: ``tools/train.py`` (the command line); 2 and a message on a ``TrainingError``."""
     warnings.warn("vitpe.training.main is deprecated; run tools/train.py or call train(TrainConfig(...))",
                   DeprecationWarning, stacklevel=2)
-    cfg = parse_config(argv)
-    try:
-        train(cfg)
-    except TrainingError as e:
-        print(f"error: {e}", flush=True)
-        return 2
-    return 0
+    return exit_code(train, parse_config(argv))
 
 
 def __getattr__(name: str):

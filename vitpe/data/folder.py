@@ -4,30 +4,41 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Optional, Tuple
+from typing import Optional, Sequence
 
 import torch
 from torch.utils.data import Dataset, default_collate
-from torchvision import datasets, transforms
+from timm.data import create_transform
+from torchvision import datasets
 
-from .synthetic import SyntheticShapes, TASKS
+from .clips import build_clip_dataset
+from .synthetic import SyntheticShapes, TASKS, builtin_dataset
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-_SYNTHETIC = {}
 
 
 class RobustImageFolder(datasets.ImageFolder):
     """ImageFolder whose unreadable images yield ``None`` (dropped by ``collate_skip_none``), counted in
     ``num_corrupt``."""
 
-    def __init__(self, root, transform=None):
+    def __init__(self, root, transform=None, classes: Optional[Sequence[str]] = None):
         if not os.path.isdir(root):
             raise ValueError(f"image folder {root!r} does not exist or is not a directory")
+        self.subset = list(classes) if classes else None
         try:
             super().__init__(root, transform=transform)
         except (FileNotFoundError, RuntimeError) as e:
             raise ValueError(f"image folder {root!r} holds no class folders with images ({e})") from None
         self.num_corrupt = 0
+
+    def find_classes(self, directory):
+        """All class folders, or the ``classes`` asked for (in that order; a missing one raises ValueError)."""
+        found, _ = super().find_classes(directory)
+        if self.subset is None:
+            return found, {c: i for i, c in enumerate(found)}
+        missing = [c for c in self.subset if c not in found]
+        if missing:
+            raise ValueError(f"classes {missing} are not folders of {directory!r}")
+        return self.subset, {c: i for i, c in enumerate(self.subset)}
 
     def __getitem__(self, index):
         path, target = self.samples[index]
@@ -50,33 +61,36 @@ def collate_skip_none(batch):
     return default_collate(batch)
 
 
-def folder_transform(img_size: Tuple[int, int], train: bool):
-    norm = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    if train:
-        return transforms.Compose([transforms.RandomResizedCrop(img_size), transforms.RandomHorizontalFlip(),
-                                   transforms.ToTensor(), norm])
-    resize = tuple(int(s / 0.875) for s in img_size)
-    return transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(img_size), transforms.ToTensor(), norm])
-
-
-def build_dataset(spec: str, img_size, split: str, num_samples: Optional[int] = None, seed: int = 0) -> Dataset:
-    """``synthetic:<task>`` (built-in scenes) or a path to an ImageFolder tree (``<path>/train`` and
-    ``<path>/val`` if present, else ``<path>`` itself for both)."""
+def build_dataset(spec: str, img_size, split: str, num_samples: Optional[int] = None, seed: int = 0, *,
+                  transform=None, **split_options) -> Dataset:
+    """``synthetic:<task>`` (built-in scenes) or a path to an ImageFolder tree. Folders: ``split`` 'train' or
+    'val' as ``pipeline.folder_split`` says (``<path>/train`` and ``<path>/val``; a folder without ``val/`` needs
+    ``val_fraction``); 'test' is an evaluation folder: ``<path>/val`` if present, else all of ``<path>``.
+    ``transform``: default timm's training transform for 'train', else the evaluation one (crop_pct 0.875);
+    ``num_samples``: a random subset (seed ``seed``) of a folder. With a clip size (T, H, W) or ``clips:<task>``,
+    clips (``clips.build_clip_dataset``)."""
     size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    if len(size) == 3 or spec.startswith('clips'):
+        return build_clip_dataset(spec, size, split, num_samples, seed)
     if spec.startswith('synthetic'):
-        task = spec.partition(':')[2] or 'position'
-        if task not in TASKS:
-            raise ValueError(f"unknown synthetic task {task!r} in --data {spec!r}; expected one of "
-                             f"{['synthetic:' + t for t in TASKS]}")
-        default = 4096 if split == 'train' else 512
-        key = (task, size, num_samples or default, split, seed)
-        if key not in _SYNTHETIC:  # one rendered copy per process, shared by every run that asks for it
-            _SYNTHETIC[key] = SyntheticShapes(task, size, num_samples or default, split=split, seed=seed)
-        return _SYNTHETIC[key]
-    sub = os.path.join(spec, 'train' if split == 'train' else 'val')
-    root = sub if os.path.isdir(sub) else spec
-    ds = RobustImageFolder(root, transform=folder_transform(size, split == 'train'))
-    if num_samples:
-        ds = torch.utils.data.Subset(ds, range(min(num_samples, len(ds))))
-        ds.classes = ds.dataset.classes
-    return ds
+        return builtin_dataset(spec, TASKS, size, split, num_samples, seed,
+                               lambda task, n: SyntheticShapes(task, size, n, split=split, seed=seed))
+    from .pipeline import eval_transform, folder_split
+    if transform is None:
+        transform = create_transform(size, is_training=True) if split == 'train' else eval_transform(size)
+    if split == 'test':
+        val = os.path.join(spec, 'val')
+        ds = RobustImageFolder(val if os.path.isdir(val) else spec, transform, classes=split_options.get('classes'))
+    else:
+        ds = folder_split(spec, split, transform, **split_options)
+    return random_subset(ds, num_samples, seed)
+
+
+def random_subset(ds: Dataset, n: Optional[int], seed: int = 0) -> Dataset:
+    """``n`` samples of ``ds`` drawn with ``seed`` (in index order; all of it when ``n`` is None or too large)."""
+    if not n or n >= len(ds):
+        return ds
+    keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
+    sub = torch.utils.data.Subset(ds, sorted(keep.tolist()))
+    sub.classes = ds.classes
+    return sub

@@ -206,6 +206,25 @@ def make_scene(task: str, seed: int) -> Scene:
     return Scene(shapes, background, bg_colour, bg_params, seed, label, categories)
 
 
+_BUILT = {}
+
+
+def builtin_dataset(spec: str, tasks, size, split: str, num_samples, seed: int, make) -> Dataset:
+    """The built-in dataset ``<kind>:<task>`` (``synthetic:position``, ``clips:direction``; the first of ``tasks``
+    when no task is named), ``make(task, num_samples)`` rendered once per process and shared by every run that
+    asks for the same one."""
+    kind, _, task = spec.partition(':')
+    task = task or next(iter(tasks))
+    if task not in tasks:
+        raise ValueError(f"unknown {kind} task {task!r} in --data {spec!r}; expected one of "
+                         f"{[kind + ':' + t for t in tasks]}")
+    n = num_samples or (4096 if split == 'train' else 512)
+    key = (kind, task, tuple(size), n, split, seed)
+    if key not in _BUILT:
+        _BUILT[key] = make(task, n)
+    return _BUILT[key]
+
+
 class SyntheticShapes(Dataset):
     """``num_samples`` scenes of ``task`` rendered at ``img_size``, normalised with (MEAN, STD).
 

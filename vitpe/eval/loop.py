@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Dict, Iterable, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .diagnostics import AttentionProbe
 from .strategies import apply_strategy
 
 
@@ -25,16 +26,19 @@ def _synchronize(device: torch.device) -> None:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: Iterable, device: torch.device, amp: bool = False, world: int = 1,
-             strategy: Optional[str] = None) -> Dict[str, float]:
+             strategy: Optional[str] = None, diagnostics: bool = False) -> Dict[str, Any]:
     """Mean cross-entropy ``loss``, accuracy ``acc``, count ``n`` and ``seconds`` of ``model`` (put in eval
     mode) over ``batches`` of (images, labels, ...); ``None`` batches (nothing readable) are skipped.
 
     ``strategy``: a resolution strategy applied for the loop (``vitpe.eval.apply_strategy``; None: the
-    model as it is). ``amp``: bf16 autocast. ``world`` > 1: sums are all-reduced over the processes."""
+    model as it is). ``amp``: bf16 autocast. ``world`` > 1: sums are all-reduced over the processes.
+    ``diagnostics``: also the attention entropy and distance per layer (``vitpe.eval.diagnostics``), under
+    the key 'diagnostics'; attention then computes its probabilities explicitly (slower)."""
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     context = apply_strategy(model, strategy) if strategy is not None else contextlib.nullcontext()
-    with context:
+    probe = AttentionProbe(model) if diagnostics else contextlib.nullcontext()
+    with context, probe:
         _synchronize(device)
         start = time.perf_counter()
         for batch in batches:
@@ -51,5 +55,8 @@ def evaluate(model: torch.nn.Module, batches: Iterable, device: torch.device, am
     if world > 1:
         dist.all_reduce(totals)
     n = max(totals[2].item(), 1)
-    return {'loss': totals[0].item() / n, 'acc': totals[1].item() / n, 'n': int(totals[2].item()),
-            'seconds': seconds}
+    result = {'loss': totals[0].item() / n, 'acc': totals[1].item() / n, 'n': int(totals[2].item()),
+              'seconds': seconds}
+    if diagnostics:
+        result['diagnostics'] = probe.result()
+    return result

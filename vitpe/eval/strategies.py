@@ -4,6 +4,8 @@
 - ``pi``: position interpolation, coordinates scaled by reference / test grid (RoPE, sin-cos, Fourier);
 - ``ntk``: NTK-aware base scaling of RoPE frequencies;
 - ``yarn``: YaRN per-frequency ramp plus its attention temperature (RoPE);
+- ``pi_t`` / ``ntk_t`` / ``riflex``: along time only, for video (RoPE; ``pi_t`` also sin-cos), combinable with
+  one of the above, which then acts on the spatial axes;
 - ``logit``: attention logits scaled by log(N_test) / log(N_train) (any scheme);
 - ``bicubic`` / ``bilinear`` / ``nearest``: how learned tables are resampled (ape, lape, abswin, RoPE + APE);
 - combinations joined by ``+``, e.g. ``pi+logit`` (``vitpe.pe.strategy.ResolutionStrategy``).

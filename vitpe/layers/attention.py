@@ -1,6 +1,8 @@
 """The one multi-head self-attention of vitpe: qkv -> scheme hooks -> SDPA -> scheme value hook."""
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,10 +24,14 @@ class Attention(nn.Module):
     torch.compile / torch.export, whose graph cannot branch on symbolic sizes: there the bias is whole).
     """
     bias_budget_mb: float = 16.
+    # ``observer(attn, ctx, layer, rows)``: called with the probabilities of every row chunk when set
+    # (``vitpe.eval.diagnostics.AttentionProbe``); they are then computed explicitly, chunk by chunk
+    observer: Optional[Callable] = None
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_norm: bool = False,
-                 attn_drop: float = 0., proj_drop: float = 0., norm_layer=nn.LayerNorm):
+                 attn_drop: float = 0., proj_drop: float = 0., norm_layer=nn.LayerNorm, windowed: bool = False):
         super().__init__()
+        self.windowed = windowed  # attends within the windows of ``ctx.window`` when the forward has them
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
@@ -42,27 +48,33 @@ class Attention(nn.Module):
         return max(1, min(n, int(self.bias_budget_mb * 2 ** 20 // per_row)))
 
     def path_for(self, pe, batch: int, n: int, elem_size: int = 4) -> str:
-        if not pe.uses('bias') and not pe.needs_attn_probs:
+        if not pe.uses('bias') and not pe.needs_attn_probs and self.observer is None:
             return 'fused'
         if torch.compiler.is_compiling():  # sizes may be symbolic: one full bias (a graph does not branch on them)
             return 'bias'
         return 'bias' if self.chunk_rows(batch, n, elem_size) >= n else 'chunked'
 
-    def _attend(self, q, k, v, ctx: PosContext, layer: int, rows: slice):
-        """Attention output of the query rows ``rows`` (q holds those rows only)."""
+    def _attend(self, q, k, v, ctx: PosContext, layer: int, rows: slice, mask=None):
+        """Attention output of the query rows ``rows`` (q holds those rows only); ``mask`` (B, 1, 1, N) is added
+        to the logits (-inf at padded keys of windows)."""
         pe = ctx.pe
         bias = pe.bias(q, k, ctx, layer, rows) if pe.uses('bias') else None
         scale = self.scale * ctx.logit_scale
         if bias is not None and ctx.logit_scale != 1.0:
             bias = bias * ctx.logit_scale
+        if mask is not None:
+            bias = mask if bias is None else bias + mask
         attn = None
         # explicit probabilities when the value hook needs them, and for a bias under ONNX export (its
         # decomposition of SDPA with a mask fails on symbolic sizes)
-        if pe.needs_attn_probs or (bias is not None and torch.onnx.is_in_onnx_export()):
+        explicit = pe.needs_attn_probs or self.observer is not None
+        if explicit or (bias is not None and torch.onnx.is_in_onnx_export()):
             logits = (q * scale) @ k.transpose(-2, -1)
             if bias is not None:
                 logits = logits + bias
             attn = self.attn_drop(logits.softmax(dim=-1))
+            if self.observer is not None:
+                self.observer(attn, ctx, layer, rows)
             out = attn @ v
         else:
             out = F.scaled_dot_product_attention(
@@ -75,18 +87,34 @@ class Attention(nn.Module):
         pe = ctx.pe
         if pe.uses('attn_input'):
             x = pe.attn_input(x, ctx, layer)
+        if not self.windowed or ctx.window is None:
+            return self.attend_tokens(x, ctx, layer)
+        layout, p = ctx.window.layout, ctx.grid.num_prefix  # each window attends as a grid of its own
+        return layout.merge(self.attend_tokens(layout.split(x, p), ctx.window, layer), p)
+
+    def attend_tokens(self, x: torch.Tensor, ctx: PosContext, layer: int) -> torch.Tensor:
+        """Attention over the tokens (B, p + N, C) of the grid ``ctx.grid`` (a window's in window blocks: then
+        B counts windows, and padded keys are masked)."""
+        pe = ctx.pe
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         if pe.uses('qk'):
             q, k = pe.qk(q, k, ctx, layer)
+        padded = ctx.layout.padding(ctx.grid.num_prefix, ctx.device) if ctx.layout is not None else None
+        mask = None
+        if padded is not None:  # padded (windows, n): -inf at padded keys, (B, 1, 1, n); their values zero
+            windows = (-1, ctx.layout.num_windows)  # B = images x windows (no size read: FX traces it)
+            zero = torch.zeros_like(q[:, :1, :1, :1]).unflatten(0, windows)  # (images, windows, 1, 1, 1)
+            mask = torch.where(padded[:, None, None], float('-inf'), zero).flatten(0, 1)
+            v = v.unflatten(0, windows).masked_fill(padded[:, None, :, None], 0.).flatten(0, 1)
         # the path depends on sizes; under FX symbolic tracing they are proxies: decide for one float32 image
         sizes = (1, ctx.grid.num_tokens, 4) if is_fx_symbolic_tracing() else (b, n, q.element_size())
         if self.path_for(pe, *sizes) == 'chunked':
             step = self.chunk_rows(*sizes)
-            out = torch.cat([self._attend(q[:, :, i:i + step], k, v, ctx, layer, slice(i, i + step))
+            out = torch.cat([self._attend(q[:, :, i:i + step], k, v, ctx, layer, slice(i, i + step), mask)
                              for i in range(0, sizes[1], step)], dim=2)
         else:
-            out = self._attend(q, k, v, ctx, layer, slice(None))
+            out = self._attend(q, k, v, ctx, layer, slice(None), mask)
         out = out.transpose(1, 2).reshape(b, n, c)
         return self.proj_drop(self.proj(out))

@@ -19,6 +19,25 @@ def to_tuple(value, rank: int, name: str) -> Tuple[int, ...]:
     return value
 
 
+def clip_size(img_size, num_frames: Optional[int], rank: int) -> Tuple[int, ...]:
+    """The reference input size of a model of ``rank`` (2: (H, W); 3: (T, H, W)). For video, ``img_size`` may be
+    the frame size (an int or (H, W)) with ``num_frames`` the clip length; a (T, H, W) ``img_size`` whose T
+    disagrees with ``num_frames`` is refused."""
+    if num_frames is None:
+        return to_tuple(img_size, rank, 'img_size')
+    if rank != 3:
+        raise ValueError(f"num_frames={num_frames} is for video models (a patch_size of 3 entries: tubelet, "
+                         f"height, width); this model takes images")
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames <= 0:
+        raise ValueError(f"invalid num_frames={num_frames!r}; expected a positive integer")
+    size = (img_size, img_size) if isinstance(img_size, int) else tuple(int(s) for s in img_size)
+    if len(size) == 3:
+        if size[0] != num_frames:
+            raise ValueError(f"img_size={size} has {size[0]} frames but num_frames={num_frames}")
+        size = size[1:]
+    return (num_frames,) + to_tuple(size, 2, 'img_size')
+
+
 @register_notrace_function  # a leaf for timm's FX tracer (features_only=True, feature_cls='fx')
 def checked_input(x: torch.Tensor, patch_size: Tuple[int, ...], in_chans: int,
                   traced_grid: Optional[Tuple[int, ...]] = None) -> torch.Tensor:
@@ -71,6 +90,10 @@ class PatchEmbed(nn.Module):
             kind = 'image (H, W)' if self.rank == 2 else 'video (T, H, W)'
             raise ValueError(f"input size {size} has {len(size)} spatial axes, this model takes {kind}")
         bad = [(s, p) for s, p in zip(size, self.patch_size) if s % p or s <= 0]
+        if bad and self.rank == 3 and (size[0] % self.patch_size[0] or size[0] <= 0):
+            raise ValueError(f"{size[0]} frames (input size {size}) is not divisible by the tubelet "
+                             f"{self.patch_size[0]} (patch size {self.patch_size}): the frame count must be a "
+                             f"positive multiple of {self.patch_size[0]}")
         if bad:
             raise ValueError(f"input size {size} is not divisible by the patch size {self.patch_size}: "
                              f"every axis must be a positive multiple of its patch size")

@@ -6,6 +6,8 @@ tag of an authors' source (``vitpe_small_patch16_irpe_ape_224.cream``; ``SOURCES
 converter. Anything else is handed to the converter the model's scheme declares
 (``PositionalEncoding.convert_checkpoint``, e.g. timm's ViT for 'ape').
 
+An image checkpoint given to a video model is inflated (``vitpe.models.inflate``; central frame, or averaged
+inside ``with vitpe.models.convert.inflation('average'):``), a video checkpoint given to an image model refused.
 Then the trunk is checked against the model: patch size, width, depth and input channels must agree (a
 ``ValueError`` naming what was expected and what was found). A patch kernel of another size is resampled
 (timm's ``resample_patch_embed``) only when asked::
@@ -27,6 +29,7 @@ from timm.layers import resample_patch_embed
 from torch import nn
 
 from ..checkpoint import read_weights_file
+from .inflate import inflate_state_dict, inflation  # noqa: F401  (inflation: how kernels get a time axis)
 from ..errors import CheckpointError
 from ..pe.converters import (adapt_layer_scale, from_cream_irpe, from_lape, from_rope_vit,  # noqa: F401
                              from_timm_eva, from_timm_vit)
@@ -59,6 +62,7 @@ def checkpoint_filter_fn(state_dict: Sd, model: nn.Module) -> Sd:
     is checked against the model (``check_trunk``)."""
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ValueError("not a state dict of tensors: expected a vitpe or timm checkpoint")
+    state_dict = inflate_state_dict(dict(state_dict), model)  # image checkpoint -> video model; the reverse refused
     tag = (getattr(model, 'pretrained_cfg', None) or {}).get('tag')
     if 'pos_enc.scheme' in state_dict:
         return check_trunk(state_dict, model)

@@ -15,7 +15,9 @@ from timm.layers import resample_patch_embed, trunc_normal_
 from timm.models._features import feature_take_indices
 
 from ..layers import Block, PatchEmbed
-from ..layers.patch_embed import to_tuple
+from ..layers.patch_embed import clip_size, to_tuple
+from ..layers.window import WindowLayout, to_window
+from . import inflate
 from ..pe import Grid, PosContext, create_pos_encoding
 from ..pe.strategy import (NO_STRATEGY, MovedStrategyAttribute, ResolutionStrategy, attention_logit_scale,
                            current_strategy)
@@ -35,6 +37,13 @@ def _check_trunk_args(global_pool: str, class_token: bool, in_chans) -> None:
         raise ValueError(f"invalid in_chans={in_chans!r}; expected a positive integer")
 
 
+def drop_path_rates(rate: float, depth: int, mode: str = 'linear') -> List[float]:
+    """Stochastic depth per block: 'linear' from 0 to ``rate`` (timm, DeiT), or 'constant' (DeiT-III)."""
+    if mode not in ('linear', 'constant'):
+        raise ValueError(f"invalid drop_path_mode={mode!r}; expected 'linear' or 'constant'")
+    return [rate if mode == 'constant' else rate * i / max(depth - 1, 1) for i in range(depth)]
+
+
 class VisionTransformer(nn.Module):
     """Vision Transformer over images (patch_size of 2 entries) or video (3 entries: T, H, W) with a
     pluggable positional scheme.
@@ -43,8 +52,13 @@ class VisionTransformer(nn.Module):
     divides works at run time), patch_size, in_chans, num_classes, global_pool ('token', 'avg', ''),
     embed_dim, depth, num_heads, mlp_ratio, qkv_bias, qk_norm, init_values (LayerScale, None = off),
     class_token, reg_tokens, fc_norm (None: on for avg pooling), pre_norm, drop_rate, pos_drop_rate,
-    attn_drop_rate, proj_drop_rate, drop_path_rate, norm_layer, act_layer, pos_enc (scheme name, see
-    ``vitpe.list_pos_encodings()``), pos_enc_args (the scheme's options).
+    attn_drop_rate, proj_drop_rate, drop_path_rate, drop_path_mode ('linear': block i of L at
+    drop_path_rate * i / (L - 1), timm and DeiT; 'constant': every block at drop_path_rate, DeiT-III's
+    models_v2.py), norm_layer, act_layer, pos_enc (scheme name, see
+    ``vitpe.list_pos_encodings()``), pos_enc_args (the scheme's options), num_frames (video: the reference
+    clip length T, with img_size the frame size), window_size (None: global
+    attention everywhere; an int or one per axis: ViTDet's window attention, see ``vitpe.layers.window``),
+    global_blocks (with a window: the indices of the blocks that keep global attention, ViTDet-B: 2, 5, 8, 11).
     """
 
     def __init__(
@@ -66,20 +80,19 @@ class VisionTransformer(nn.Module):
             reg_tokens: int = 0,
             fc_norm: Optional[bool] = None,
             pre_norm: bool = False,
-            drop_rate: float = 0.,
-            pos_drop_rate: float = 0.,
-            attn_drop_rate: float = 0.,
-            proj_drop_rate: float = 0.,
+            drop_rate: float = 0., pos_drop_rate: float = 0., attn_drop_rate: float = 0., proj_drop_rate: float = 0.,
             drop_path_rate: float = 0.,
-            norm_layer=None,
-            act_layer=None,
+            drop_path_mode: str = 'linear',
+            norm_layer=None, act_layer=None,
             pos_enc: str = 'ape',
             pos_enc_args: Optional[Dict[str, Any]] = None,
+            num_frames: Optional[int] = None,
+            window_size: Optional[Union[int, Sequence[int]]] = None, global_blocks: Sequence[int] = (),
     ):
         super().__init__()
         _check_trunk_args(global_pool, class_token, in_chans)
         rank = 2 if isinstance(patch_size, int) else len(tuple(patch_size))
-        patch_size, img_size = to_tuple(patch_size, rank, 'patch_size'), to_tuple(img_size, rank, 'img_size')
+        patch_size, img_size = to_tuple(patch_size, rank, 'patch_size'), clip_size(img_size, num_frames, rank)
         norm_layer, act_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6), act_layer or nn.GELU
         self.num_classes, self.global_pool = num_classes, global_pool
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
@@ -93,11 +106,12 @@ class VisionTransformer(nn.Module):
             num_prefix_tokens=self.num_prefix_tokens, **(pos_enc_args or {}))
         self.pos_drop = nn.Dropout(pos_drop_rate)
         self.norm_pre = norm_layer(embed_dim) if pre_norm else nn.Identity()
-        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth decay rule
+        dpr = drop_path_rates(drop_path_rate, depth, drop_path_mode)
         block = partial(Block, embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_norm=qk_norm,
                         init_values=init_values, attn_drop=attn_drop_rate, proj_drop=proj_drop_rate,
                         norm_layer=norm_layer, act_layer=act_layer)
         self.blocks = nn.ModuleList([block(layer=i, drop_path=dpr[i]) for i in range(depth)])
+        self.set_windows(window_size, global_blocks)
         self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=max(patch_size))
                              for i in range(depth)]
         use_fc_norm = global_pool == 'avg' if fc_norm is None else fc_norm
@@ -106,6 +120,7 @@ class VisionTransformer(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
+        self._register_load_state_dict_pre_hook(inflate.load_pre_hook, with_module=True)  # image ckpt -> video
 
     # ------------------------------------------------------------------------------------------ setup
     def init_weights(self) -> None:
@@ -122,6 +137,21 @@ class VisionTransformer(nn.Module):
             trunc_normal_(self.head.weight, std=.02)
             nn.init.zeros_(self.head.bias)
         self.pos_enc.init_weights()
+
+    def set_windows(self, window_size: Optional[Union[int, Sequence[int]]], global_blocks: Sequence[int] = ()) -> None:
+        """Window attention (ViTDet) in every block but ``global_blocks``; ``window_size`` None: global everywhere."""
+        depth = len(self.blocks)
+        global_blocks = (global_blocks,) if isinstance(global_blocks, int) else tuple(global_blocks)
+        if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < depth for i in global_blocks):
+            raise ValueError(f"invalid global_blocks={global_blocks!r}; expected block indices in [0, {depth})")
+        if window_size is None and global_blocks:
+            raise ValueError(f"global_blocks={global_blocks!r} needs a window_size (the other blocks' window)")
+        window = None if window_size is None else to_window(window_size, self.patch_embed.rank)
+        if window is not None:
+            self.pos_enc.set_attention_window(window)  # first: it may refuse the window
+        self.window_size, self.global_blocks = window, global_blocks
+        for i, blk in enumerate(self.blocks):
+            blk.attn.windowed = window is not None and i not in global_blocks
 
     attn_logit_scaling = MovedStrategyAttribute(lambda strategy: strategy.logit)  # 0.1.0's flag
 
@@ -156,9 +186,11 @@ class VisionTransformer(nn.Module):
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def set_input_size(self, img_size: Optional[Union[int, Sequence[int]]] = None,
-                       patch_size: Optional[Union[int, Sequence[int]]] = None) -> None:
-        """Make ``img_size`` the reference size: learned tables are resampled to its grid (a new
-        ``patch_size`` resamples the patch projection, timm ``resample_patch_embed``, 2D only)."""
+                       patch_size: Optional[Union[int, Sequence[int]]] = None,
+                       num_frames: Optional[int] = None) -> None:
+        """Make ``img_size`` (video: the frame size, or (T, H, W)) and ``num_frames`` (video) the reference size:
+        learned tables are resampled to its grid (a new ``patch_size`` resamples the patch projection, timm
+        ``resample_patch_embed``, 2D only)."""
         rank = self.patch_embed.rank
         if patch_size is not None:
             patch_size = to_tuple(patch_size, rank, 'patch_size')
@@ -173,12 +205,18 @@ class VisionTransformer(nn.Module):
                     new.bias = proj.bias
                 self.patch_embed.proj = new
                 self.patch_embed.patch_size = patch_size
-        img_size = to_tuple(img_size, rank, 'img_size') if img_size is not None else self.patch_embed.img_size
+        if img_size is None:
+            img_size = self.patch_embed.img_size[-2:] if num_frames is not None else self.patch_embed.img_size
+        if rank == 3 and num_frames is None and isinstance(img_size, int):
+            num_frames = self.patch_embed.img_size[0]  # a frame size alone keeps the clip length
+        img_size = clip_size(img_size, num_frames, rank)
         self.patch_embed.set_input_size(img_size)
         self.pos_enc.set_grid_size(self.patch_embed.grid_size)
         cfg = getattr(self, 'pretrained_cfg', None)
         if isinstance(cfg, dict):
-            cfg['input_size'] = (self.patch_embed.in_chans, *img_size)
+            cfg['input_size'] = (self.patch_embed.in_chans, *img_size[-2:])  # timm's: one frame for video
+            if rank == 3:
+                cfg.update(num_frames=img_size[0], clip_size=(self.patch_embed.in_chans, *img_size))
 
     # ------------------------------------------------------------------------------------------ forward
     def embed(self, x: torch.Tensor, strategy: StrategySpec = None) -> Tuple[torch.Tensor, PosContext]:
@@ -201,6 +239,11 @@ class VisionTransformer(nn.Module):
         device = pe.default_device() if is_fx_symbolic_tracing() else x.device  # a proxy under FX tracing
         ctx = PosContext(pe, grid, pe.prepare(grid, strategy, device), strategy,
                          attention_logit_scale(pe, grid, strategy), device)
+        if self.window_size is not None:  # the context of one window: the scheme prepared for the window grid
+            window = Grid(self.window_size, self.num_prefix_tokens)
+            ctx.window = PosContext(pe, window, pe.prepare(window, strategy, device), strategy,
+                                    attention_logit_scale(pe, window, strategy), device,
+                                    layout=WindowLayout(tuple(shape), self.window_size))
         if pe.uses('tokens'):
             x = pe.tokens(x, ctx)
         return self.norm_pre(self.pos_drop(x)), ctx

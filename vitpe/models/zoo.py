@@ -2,7 +2,11 @@
 ``vitpe_<size>_patch16_<suffix>_<img>`` for each of its sizes, registered with ``timm.models.register_model``
 (also for schemes registered after ``import vitpe``), so ``timm.create_model('vitpe_small_patch16_rope_mixed_224')``
 works. All entries share one trunk recipe (DeiT: class token, token pooling, qkv bias, no LayerScale); only the
-scheme changes. ``vitpe_<size>_patch16_<img>`` takes any scheme with ``pos_enc=``."""
+scheme changes. ``vitpe_<size>_patch16_<img>`` takes any scheme with ``pos_enc=``.
+
+Video models (a ``ZooEntry`` of kind 'video'): ``vitpe_<size>_patch16_<suffix>_video_8x<img>``, the same trunk on
+clips of 8 frames with a 2 x 16 x 16 tubelet (``VIDEO``), input (B, 3, T, H, W); ``num_frames=`` and ``img_size=``
+(the frame size) change the reference clip; ``vitpe_<size>_patch16_video_8x<img>`` takes any scheme."""
 from __future__ import annotations
 
 import sys
@@ -12,6 +16,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..pe.registry import on_register
+from ..layers.patch_embed import clip_size
 from .convert import SOURCES, check_pretrained_file, checkpoint_filter_fn
 from .vision_transformer import VisionTransformer
 
@@ -23,21 +28,40 @@ SIZES: Dict[str, Dict[str, Any]] = {
     'base': dict(embed_dim=768, depth=12, num_heads=12, img_size=224),
 }
 TRUNK = dict(patch_size=16, mlp_ratio=4., qkv_bias=True, class_token=True, global_pool='token')
+VIDEO = dict(num_frames=8, patch_size=(2, 16, 16))  # the video trunk: 8 frames, tubelets of 2 x 16 x 16
 ZOO: Dict[str, Dict[str, Any]] = {}  # model name -> constructor arguments
 default_cfgs: Dict[str, Any] = {}  # read by timm's register_model (a dict, or a DefaultCfg with tags)
 
 
-def model_name(size: str, suffix: str = '') -> str:
-    return f"vitpe_{size}_patch16_{suffix + '_' if suffix else ''}{SIZES[size]['img_size']}"
+def model_name(size: str, suffix: str = '', kind: str = 'image') -> str:
+    clip = f"video_{VIDEO['num_frames']}x" if kind == 'video' else ''
+    return f"vitpe_{size}_patch16_{suffix + '_' if suffix else ''}{clip}{SIZES[size]['img_size']}"
+
+
+def model_args(size: str, kind: str = 'image', **scheme) -> Dict[str, Any]:
+    """Constructor arguments of the zoo model of ``size`` and ``kind`` ('image' or 'video')."""
+    return dict(TRUNK, **SIZES[size], **(VIDEO if kind == 'video' else {}), **scheme)
+
+
+def clip_cfg(args: Dict[str, Any]) -> Dict[str, Any]:
+    """What a video model (of constructor ``args``) adds to its ``pretrained_cfg`` (timm's ``input_size`` is one
+    frame, (C, H, W), as timm's data pipeline transforms frames): ``num_frames`` and ``clip_size`` (C, T, H, W).
+    Nothing for an image model."""
+    patch = args.get('patch_size', 16)
+    if isinstance(patch, int) or len(tuple(patch)) != 3:
+        return {}
+    size = clip_size(args.get('img_size', 224), args.get('num_frames'), 3)
+    return {'num_frames': size[0], 'clip_size': (args.get('in_chans', 3), *size)}
 
 
 def _cfg(args: Dict[str, Any]) -> Dict[str, Any]:
+    clip = f", clips of {args['num_frames']} frames" if args.get('num_frames') else ''
     return {
         'url': '', 'num_classes': 1000, 'input_size': (3, args['img_size'], args['img_size']), 'pool_size': None,
         'crop_pct': 0.9, 'interpolation': 'bicubic', 'fixed_input_size': False, 'mean': IMAGENET_DEFAULT_MEAN,
         'std': IMAGENET_DEFAULT_STD, 'first_conv': 'patch_embed.proj', 'classifier': 'head',
         'license': 'apache-2.0',
-        'description': f"positional scheme: {args.get('pos_enc', 'any (pos_enc=, default ape)')}",
+        'description': f"positional scheme: {args.get('pos_enc', 'any (pos_enc=, default ape)')}{clip}",
     }
 
 
@@ -45,11 +69,14 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> VisionTransform
     out_indices = kwargs.pop('out_indices', 3)
     if pretrained:
         check_pretrained_file(kwargs.get('pretrained_cfg_overlay'))
-    return build_model_with_cfg(
+    model = build_model_with_cfg(
         VisionTransformer, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs)
+    if isinstance(getattr(model, 'pretrained_cfg', None), dict):
+        model.pretrained_cfg.update(clip_cfg(kwargs))
+    return model
 
 
 def _make_entry(name: str, model_args: Dict[str, Any]):
@@ -92,12 +119,17 @@ def register_scheme_models(cls) -> None:
     models = {}
     for entry in cls.zoo:
         unknown = set(entry.sizes) - set(SIZES)
+        bad_kinds = set(entry.kinds) - {'image', 'video'}
+        if bad_kinds:
+            raise ValueError(f"scheme {cls.name!r}: zoo entry {entry.suffix!r} has unknown kinds {sorted(bad_kinds)}; "
+                             f"expected some of ['image', 'video']")
         if unknown:
             raise ValueError(f"scheme {cls.name!r}: zoo entry {entry.suffix!r} has unknown sizes {sorted(unknown)}; "
                              f"expected some of {list(SIZES)}")
         for size in entry.sizes:
-            models[model_name(size, entry.suffix)] = dict(TRUNK, **SIZES[size], pos_enc=cls.name,
-                                                          pos_enc_args=dict(entry.options))
+            for kind in entry.kinds:
+                models[model_name(size, entry.suffix, kind)] = model_args(size, kind, pos_enc=cls.name,
+                                                                          pos_enc_args=dict(entry.options))
     taken = sorted(set(models) & set(ZOO))
     if taken:
         raise ValueError(f"scheme {cls.name!r}: zoo models {taken} are already registered (by scheme "
@@ -112,5 +144,6 @@ def zoo_table() -> Dict[str, Dict[str, Any]]:
 
 
 for _size in SIZES:
-    _register(model_name(_size), dict(TRUNK, **SIZES[_size]))
+    for _kind in ('image', 'video'):
+        _register(model_name(_size, kind=_kind), model_args(_size, _kind))
 on_register(register_scheme_models)

@@ -20,9 +20,14 @@ class AbsWinPE(PositionalEncoding):
     size and is tiled (cropped where the grid is not a multiple of the window), so it stays aligned with a
     fixed window size.
 
+    3D (T, H, W): G over (T, H, W) and a (w_t, w_h, w_w) window tiled along all three axes; a 2D checkpoint
+    inflates to a one-frame window (``inflate_state_dict``), so a clip of one frame gives the 2D output.
+
     Options:
-        window_size: size of the tiled window table (default 7 per axis, capped at the reference grid; a
-            checkpoint loads with its own window size).
+        window_size: size of the tiled window table (default 7 per axis, capped at the reference grid; in a model
+            with window attention, the attention window when that does not align; a checkpoint loads with its own).
+            With window attention the attention window must be a multiple of it, so that every attention
+            window sees the same tiles (the alignment the paper is about); otherwise the forward raises.
         global_size: size of the global table (default: the reference grid).
         antialias: antialias when G shrinks (True: timm hiera, the reference our benchmark and parity test
             use; False: SAM2, which resizes with plain bicubic, a = -0.75).
@@ -34,6 +39,7 @@ class AbsWinPE(PositionalEncoding):
                  antialias: bool = True, **common):
         super().__init__(**common)
         check_bool(self.name, 'antialias', antialias)
+        self.window_option = window_size
         window_size = self._size_option('window_size', window_size, tuple(min(7, s) for s in self.grid_size))
         global_size = self._size_option('global_size', global_size, self.grid_size)
         self.interpolation, self.antialias = 'bicubic', antialias
@@ -63,8 +69,35 @@ class AbsWinPE(PositionalEncoding):
                                table_shape(self, 'pos_embed'))
         return (glob + tiled).flatten(1, -2)
 
+    def set_attention_window(self, window):
+        """A default window table that does not align with the attention window is made anew at the window's
+        size (at construction; a table that was given, loaded or aligns is kept, and a misaligned one raises)."""
+        table = table_shape(self, 'pos_embed_window')
+        if self.window_option is None and any(w % t for w, t in zip(window, table)):
+            self.pos_embed_window = nn.Parameter(trunc_normal_(self.pos_embed_window.new_zeros(1, *window, self.dim),
+                                                               std=.02))
+        self.check_alignment(window)
+
+    def check_alignment(self, window) -> None:
+        table = table_shape(self, 'pos_embed_window')
+        if any(w % t for w, t in zip(window, table)):
+            raise ValueError(f"abswin: the attention window {tuple(window)} is not a multiple of the window table "
+                             f"{table}, so the tiled table would not align with the attention windows; choose "
+                             f"a window that is a multiple of {table}")
+
     def tokens(self, x, ctx):
+        if ctx.window is not None:
+            self.check_alignment(ctx.window.grid.shape)
         return add_to_patches(x, self.embedding(ctx.grid.shape, ctx.strategy.interpolation), ctx.grid.num_prefix)
+
+    def inflate_state_dict(self, state_dict, prefix, mode='central'):
+        """The global table repeated over the frames of this model's global table; the window table gets a window
+        of one frame (so it is tiled over every frame, and a checkpoint brings its window size)."""
+        glob, win = state_dict.get(prefix + 'pos_embed'), state_dict.get(prefix + 'pos_embed_window')
+        if glob is not None and glob.ndim == 4:
+            state_dict[prefix + 'pos_embed'] = glob.unsqueeze(1).repeat(1, self.pos_embed.shape[1], 1, 1, 1)
+        if win is not None and win.ndim == 4:
+            state_dict[prefix + 'pos_embed_window'] = win.unsqueeze(1)
 
     def resize_state_dict(self, state_dict, prefix):
         """The global table is resampled to this model's; the window table is never resampled (it is tiled at
@@ -74,6 +107,7 @@ class AbsWinPE(PositionalEncoding):
         size = tuple(self.pos_embed.shape[1:-1])
         if key in state_dict and tuple(state_dict[key].shape[1:-1]) != size:
             state_dict[key] = resample_table(state_dict[key], size, self.interpolation, self.antialias)
+        self.window_option = 'loaded'  # a later window attention keeps this table
         window = state_dict.get(prefix + 'pos_embed_window')
         if window is not None and window.shape != self.pos_embed_window.shape and window.ndim == self.rank + 2:
             self.pos_embed_window = nn.Parameter(self.pos_embed_window.new_zeros(window.shape),

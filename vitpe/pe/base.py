@@ -33,6 +33,12 @@ Randomised positions (Ruoss et al. 2023): a scheme with coordinates takes the op
 sample's positions, sorted per axis, from that many times the grid (``self.random_positions`` is set by the
 base class; evaluation always uses the grid's own positions).
 
+Window attention (ViTDet): in a window block, ``qk``, ``bias`` and ``value`` get ``ctx.window``, a context whose
+grid is the attention window (with the prefix tokens) and whose state is ``prepare(window grid)``: a scheme sees
+each window as a grid of its own, so relative schemes use the offsets inside the window with no code of their
+own. ``tokens``, ``attn_input`` and ``after_block`` always get the full grid's context (whose ``window`` is the
+window context when the model has window blocks, e.g. for a scheme to check its alignment with the windows).
+
 The resolution strategy of the forward (``ctx.strategy``, see ``strategy.py``) is an argument, never module
 state. The attention temperature has one path: ``ctx.logit_scale`` (``strategy.attention_logit_scale``, to
 which a scheme contributes through :meth:`PositionalEncoding.logit_temperature`).
@@ -54,7 +60,8 @@ from torch import nn
 from .common import check_choice, check_positive  # noqa: F401  (old import path)
 from .registry import (create_pos_encoding, get_pos_encoding_class, list_pos_encodings,  # noqa: F401  (old path)
                        register_pos_encoding, scheme_options)
-from .strategy import NO_STRATEGY, POSITION_STRATEGIES, TABLE_STRATEGIES, MovedStrategyAttribute, ResolutionStrategy
+from .strategy import (NO_STRATEGY, POSITION_STRATEGIES, TABLE_STRATEGIES, TEMPORAL_STRATEGIES, MovedStrategyAttribute,
+                       ResolutionStrategy)
 
 __all__ = ['Grid', 'PEState', 'PosContext', 'PositionalEncoding', 'HOOKS']
 
@@ -98,6 +105,11 @@ class PosContext:
     strategy: ResolutionStrategy = NO_STRATEGY
     logit_scale: float = 1.0
     device: Optional[torch.device] = None  # where per-shape state (ids, indices) is built; None: the scheme's
+    # window attention (``vitpe.layers.window``): the forward's context carries ``window``, the context inside
+    # one window, which window blocks hand to the hooks (its grid is the window, its state prepared for it);
+    # that inner context's ``layout`` says how the full grid is cut into windows
+    window: Optional['PosContext'] = None
+    layout: Optional[Any] = None
 
 
 def _tag(name: str) -> torch.Tensor:
@@ -116,7 +128,8 @@ class PositionalEncoding(nn.Module):
     """Base class of every scheme. A subclass sets ``name``, declares ``hooks`` and overrides those hooks.
 
     Declarations (class attributes): ``hooks``; ``needs_attn_probs`` (the value hook reads the attention
-    probabilities); ``position_strategies`` (which of 'pi', 'ntk', 'yarn' it understands); ``zoo`` (its
+    probabilities); ``position_strategies`` (which of 'pi', 'ntk', 'yarn' it understands); ``temporal_strategies``
+    (which of 'pi_t', 'ntk_t', 'riflex' it understands on a (T, H, W) grid); ``zoo`` (its
     ``ZooEntry`` model families, default one named after the scheme); ``convert_checkpoint`` (a function
     ``(state_dict, model) -> state_dict`` for checkpoints from outside vitpe, e.g. timm's).
 
@@ -128,6 +141,7 @@ class PositionalEncoding(nn.Module):
     hooks: FrozenSet[str] = frozenset()
     needs_attn_probs: bool = False
     position_strategies: Tuple[str, ...] = ()
+    temporal_strategies: Tuple[str, ...] = ()
     zoo: ClassVar[Optional[tuple]] = None
     convert_checkpoint: ClassVar[Optional[Callable]] = None
     # a persistent uint8 buffer holding ``name``: a checkpoint of another scheme is refused by name
@@ -156,11 +170,13 @@ class PositionalEncoding(nn.Module):
         cls._upgrade_legacy_class()
         unknown = set(cls.hooks) - set(HOOKS)
         overridden = cls._overridden_hooks()
-        bad_strategies = set(cls.position_strategies) - set(POSITION_STRATEGIES)
+        bad_strategies = (set(cls.position_strategies) - set(POSITION_STRATEGIES)) | (
+            set(cls.temporal_strategies) - set(TEMPORAL_STRATEGIES))
         if unknown or overridden != set(cls.hooks) or bad_strategies:
             raise TypeError(f"scheme {cls.name!r}: hooks declared {sorted(cls.hooks)} but overridden "
                             f"{sorted(overridden)} (known hooks: {list(HOOKS)}); position strategies must be "
-                            f"among {list(POSITION_STRATEGIES)}, got {sorted(bad_strategies)}")
+                            f"among {list(POSITION_STRATEGIES)} (temporal: {list(TEMPORAL_STRATEGIES)}), got "
+                            f"{sorted(bad_strategies)}")
 
     @classmethod
     def _overridden_hooks(cls):
@@ -239,7 +255,8 @@ class PositionalEncoding(nn.Module):
 
     def applicable_strategies(self):
         """The single strategies that change something for this scheme (besides 'none')."""
-        return (list(self.position_strategies) + ['logit'] +
+        temporal = list(self.temporal_strategies) if self.rank == 3 else []
+        return (list(self.position_strategies) + temporal + ['logit'] +
                 (list(TABLE_STRATEGIES) if self.interpolates_tables else []))
 
     def check_strategy(self, strategy: ResolutionStrategy) -> None:
@@ -259,6 +276,10 @@ class PositionalEncoding(nn.Module):
     def logit_temperature(self, grid: Grid, strategy: ResolutionStrategy) -> float:
         """The scheme's own factor on the attention logits under ``strategy`` (YaRN's temperature); 1.0."""
         return 1.0
+
+    def set_attention_window(self, window: Tuple[int, ...]) -> None:
+        """Called once by a trunk built with window attention of shape ``window`` (see ``PosContext.window``): a
+        scheme with a table tied to the attention window adapts it here (abswin). Default: nothing."""
 
     # ----------------------------------------------------------------- hooks (declare and override)
     def init_weights(self) -> None:
@@ -295,6 +316,21 @@ class PositionalEncoding(nn.Module):
         for name, mod in self.named_modules():
             if mod is not self and hasattr(mod, 'resize_state_dict'):
                 mod.resize_state_dict(state_dict, prefix + (name + '.' if name else ''), self.grid_size)
+
+    def inflate_state_dict(self, state_dict: Dict[str, torch.Tensor], prefix: str, mode: str = 'central') -> None:
+        """Make this scheme's entries of a 2D checkpoint (keys under ``prefix``) those of this scheme on a (T, H, W)
+        grid, in place (an image checkpoint loaded into a video model, ``vitpe.models.inflate``). The default: a
+        learned table over the whole grid gets a time axis (the 2D table on each reference frame), a 3D
+        convolution kernel gets one as the patch kernel does (``common.inflate_kernel``, by ``mode``). Schemes
+        with other parameters extend it."""
+        from .common import LearnedTable, inflate_kernel
+        for name, mod in self.named_modules():
+            key = prefix + (name + '.' if name else '') + 'weight'
+            w = state_dict.get(key)
+            if isinstance(mod, LearnedTable) and mod.axes is None and w is not None and w.ndim == 4:
+                state_dict[key] = w.unsqueeze(1).repeat(1, self.grid_size[0], 1, 1, 1)
+            elif isinstance(mod, nn.Conv3d) and w is not None and w.ndim == 4:
+                state_dict[key] = inflate_kernel(w, mod.kernel_size[0], mode)
 
     def set_grid_size(self, grid_size: Sequence[int]) -> None:
         """Make ``grid_size`` the reference grid, resampling learned tables in place."""

@@ -17,6 +17,7 @@ from .strategy import ResolutionStrategy, position_scale
 
 INTERPOLATIONS_2D = ('bicubic', 'bilinear', 'nearest', 'area')
 INTERPOLATIONS_3D = ('trilinear', 'nearest', 'area')
+INFLATIONS = ('central', 'average')  # how a 2D kernel gets a time axis (``inflate_kernel``)
 
 
 # --------------------------------------------------------------------------------------------- option checks
@@ -117,26 +118,61 @@ def grid_coords(pe, shape: Tuple[int, ...], strategy: ResolutionStrategy, device
     return pe.cached(('coords', shape, scale, device), lambda: coord_grid(shape, device=device, scale=scale))
 
 
+def axis_split(pairs: int, rank: int, split: Optional[Sequence[int]] = None, what: str = '') -> Tuple[int, ...]:
+    """How many frequencies (channel pairs) each axis gets, in grid order ((T,) H, W), out of ``pairs``.
+
+    ``split`` given: checked (positive integers summing to ``pairs``). Default: an even split; where ``pairs`` is
+    not a multiple of the rank (3D with head_dim 64: 32 pairs), each spatial axis gets ceil(pairs / rank) and
+    time the rest (11, 11 and 10 of 32), so T = 1 leaves the fewest channels unused. ``what`` names the caller
+    in errors, e.g. 'rope_axial: head_dim=20'."""
+    if split is not None:
+        split = (split,) if isinstance(split, int) else tuple(split)
+        if len(split) != rank or any(isinstance(n, bool) or not isinstance(n, int) or n <= 0 for n in split) \
+                or sum(split) != pairs:
+            raise ValueError(f"{what}: invalid split={split!r}; expected {rank} positive integers (frequencies per "
+                             f"axis, grid order) summing to {pairs}")
+        return split
+    if pairs % rank == 0:
+        return (pairs // rank,) * rank
+    if rank == 2 or pairs < rank:
+        raise ValueError(f"{what} must be divisible by {2 * rank} for a rank-{rank} grid (or pass split=)")
+    spatial = -(-pairs // rank)
+    return (pairs - spatial * (rank - 1),) + (spatial,) * (rank - 1)
+
+
+def axial_ladder(split: Sequence[int], theta: float, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(freqs (P,), axis (P,)): per axis a (grid order) a ladder 1 / theta^(k / n_a), k < n_a, laid out last
+    axis first (the column's frequencies first, as MAE and timm's RoPE for 2D); ``axis`` is each one's axis."""
+    freqs, axis = [], []
+    for a in reversed(range(len(split))):
+        n = split[a]
+        freqs.append(1. / theta ** (torch.arange(n, device=device, dtype=torch.float32) / n))
+        axis.append(torch.full((n,), a, device=device, dtype=torch.long))
+    return torch.cat(freqs), torch.cat(axis)
+
+
 def sincos_embed(shape: Sequence[int], dim: int, temperature: float = 10000., device=None,
-                 scale: Optional[Sequence[float]] = None) -> torch.Tensor:
+                 scale: Optional[Sequence[float]] = None, split: Optional[Sequence[int]] = None) -> torch.Tensor:
     """MAE-style fixed sin-cos embedding, (prod(shape), dim).
 
-    The width is split evenly over the axes, last axis first (MAE puts the column first for 2D);
-    each part is [sin(p * w_k), cos(p * w_k)], w_k = 1 / temperature^(k / (part / 2))."""
+    The width is split over the axes (``axis_split``: evenly by default), last axis first (MAE puts the column
+    first for 2D); the part of axis a is [sin(p * w_k), cos(p * w_k)], w_k = 1 / temperature^(k / n_a), k < n_a."""
     rank = len(shape)
-    part = dim // rank
-    if part % 2 or part * rank != dim:
+    if dim % 2:
         raise ValueError(f"sincos: dim={dim} must split into {rank} even parts (one per axis)")
-    return sincos_of(coord_grid(shape, device=device, scale=scale), dim, temperature)
+    return sincos_of(coord_grid(shape, device=device, scale=scale), dim, temperature,
+                     axis_split(dim // 2, rank, split, f"sincos: dim={dim}"))
 
 
-def sincos_of(coords: torch.Tensor, dim: int, temperature: float = 10000.) -> torch.Tensor:
-    """``sincos_embed`` of given coordinates (..., N, rank): (..., N, dim)."""
+def sincos_of(coords: torch.Tensor, dim: int, temperature: float = 10000.,
+              split: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """``sincos_embed`` of given coordinates (..., N, rank): (..., N, dim); ``split``: frequencies per axis
+    (``axis_split``'s default when None)."""
     rank = coords.shape[-1]
-    part = dim // rank
-    omega = 1. / temperature ** (torch.arange(part // 2, device=coords.device, dtype=torch.float32) / (part / 2.))
+    split = axis_split(dim // 2, rank, split, f"sincos: dim={dim}") if split is None else split
     embs = []
     for a in reversed(range(rank)):
+        omega = 1. / temperature ** (torch.arange(split[a], device=coords.device, dtype=torch.float32) / split[a])
         ang = coords[..., a:a + 1] * omega
         embs += [ang.sin(), ang.cos()]
     return torch.cat(embs, dim=-1)
@@ -147,20 +183,39 @@ def resample_table(table: torch.Tensor, new_shape: Sequence[int], interpolation:
                    antialias: bool = True) -> torch.Tensor:
     """Resample a channels-last table (1, *old_shape, C) to (1, *new_shape, C). The defaults are timm's
     ``resample_abs_pos_embed`` (bicubic with antialias, i.e. PIL's kernel a = -0.5 both ways; without
-    antialias PyTorch's bicubic has a = -0.75, as SAM2, DeiT and RoPE-ViT's own code). 3D tables use trilinear."""
+    antialias PyTorch's bicubic has a = -0.75, as SAM2, DeiT and RoPE-ViT's own code).
+
+    A (T, H, W) table is resampled along T first (linearly; 'nearest' / 'area' as asked), then every frame as a 2D
+    table with ``interpolation`` ('trilinear': bilinear): so a table of one frame resamples as the 2D table does,
+    and 'trilinear' is PyTorch's trilinear (which is separable). A (T,) table: linear ('bicubic'/'bilinear' given)."""
     old_shape = tuple(table.shape[1:-1])
     new_shape = tuple(new_shape)
     if not torch.compiler.is_compiling() and old_shape == new_shape:  # compiled: resample (exact at equal size)
         return table
     rank = len(old_shape)
-    if rank == 3 and interpolation in ('bicubic', 'bilinear'):
-        interpolation = 'trilinear'
-    choices = INTERPOLATIONS_2D if rank == 2 else INTERPOLATIONS_3D
+    choices = {1: ('bicubic', 'bilinear', 'linear', 'nearest', 'area'), 2: INTERPOLATIONS_2D,
+               3: INTERPOLATIONS_2D + INTERPOLATIONS_3D}.get(rank, ())
     if interpolation not in choices:
         raise ValueError(f"interpolation={interpolation!r} is not available for a rank-{rank} table; "
                          f"expected one of {list(choices)}")
-    kw = {'antialias': antialias} if interpolation in ('bicubic', 'bilinear') else {}
-    x = F.interpolate(table.float().movedim(-1, 1), size=new_shape, mode=interpolation, **kw)
+    if rank == 2:
+        return _interpolate(table, new_shape, interpolation, antialias)
+    time_mode = interpolation if interpolation in ('nearest', 'area') else 'linear'
+    x = _interpolate(table.flatten(2).transpose(0, 2), new_shape[:1], time_mode, antialias).transpose(0, 2)
+    if rank == 1:
+        return x
+    x = x.unflatten(2, old_shape[1:] + table.shape[-1:])[0]  # (T', H, W, C): the frames as a batch of 2D tables
+    trilinear = interpolation == 'trilinear'
+    return _interpolate(x, new_shape[1:], 'bilinear' if trilinear else interpolation, antialias and not trilinear)[None]
+
+
+def _interpolate(table: torch.Tensor, size, mode: str, antialias: bool) -> torch.Tensor:
+    """F.interpolate of a channels-last batch (B, *shape, C) to (B, *size, C), in float32 (compiled: always, so
+    symbolic sizes are not compared)."""
+    if not torch.compiler.is_compiling() and tuple(table.shape[1:-1]) == tuple(size):
+        return table
+    kw = {'antialias': antialias} if mode in ('bicubic', 'bilinear') else {}
+    x = F.interpolate(table.float().movedim(-1, 1), size=tuple(size), mode=mode, **kw)
     return x.movedim(1, -1).to(table.dtype)
 
 
@@ -207,14 +262,16 @@ class LearnedTable(nn.Module):
     """A learned channels-last table ``weight`` (1, *grid, D) used at any grid by resampling, with optional
     rows ``prefix`` (1, p, D) for prefix tokens. ``interpolation`` and ``antialias`` say how it is resampled
     (default timm's ``resample_abs_pos_embed``: bicubic with antialias; SAM2, DeiT and RoPE-ViT's own code
-    resize without antialias). The scheme's ``resize_state_dict`` resizes it on load."""
+    resize without antialias). The scheme's ``resize_state_dict`` resizes it on load. ``axes``: the axes of the
+    scheme's grid the table spans (None: all; separable APE's spatial table (1, 2), its temporal one (0,))."""
 
     def __init__(self, grid_size, dim: int, num_prefix: int = 0, interpolation: str = 'bicubic',
-                 antialias: bool = True, scheme: str = 'ape'):
+                 antialias: bool = True, scheme: str = 'ape', axes: Optional[Tuple[int, ...]] = None):
         super().__init__()
         check_choice(scheme, 'interpolation', interpolation, INTERPOLATIONS_2D)
         check_bool(scheme, 'antialias', antialias)
-        self.interpolation, self.antialias = interpolation, antialias
+        self.interpolation, self.antialias, self.axes = interpolation, antialias, axes
+        grid_size = self.own(grid_size)
         self.weight = nn.Parameter(torch.zeros(1, *grid_size, dim))
         self.prefix = nn.Parameter(torch.zeros(1, num_prefix, dim)) if num_prefix else None
         trunc_normal_(self.weight, std=.02)
@@ -230,8 +287,13 @@ class LearnedTable(nn.Module):
     def add(self, pe, x: torch.Tensor, grid, strategy: Optional[ResolutionStrategy] = None) -> torch.Tensor:
         return add_to_patches(x, self.at(pe, grid.shape, strategy), grid.num_prefix, self.prefix)
 
+    def own(self, shape) -> Tuple[int, ...]:
+        """The part of a scheme grid ``shape`` this table spans."""
+        return tuple(shape) if self.axes is None else tuple(shape[a] for a in self.axes)
+
     def resize_state_dict(self, state_dict, prefix: str, grid_size) -> None:
         key = prefix + 'weight'
+        grid_size = self.own(grid_size)
         if key in state_dict and tuple(state_dict[key].shape[1:-1]) != tuple(grid_size):
             state_dict[key] = resample_table(state_dict[key], grid_size, self.interpolation, self.antialias)
 
@@ -273,6 +335,17 @@ def grid_bias(rows: slice, grid, lead: Tuple[int, ...],
 
 
 # --------------------------------------------------------------------------------------------- convolutions
+def inflate_kernel(kernel: torch.Tensor, frames: int, mode: str = 'central') -> torch.Tensor:
+    """A 2D kernel (O, I, kh, kw) as a 3D one (O, I, frames, kh, kw): 'central' puts it on the middle frame
+    (index frames // 2) with zeros elsewhere (ViViT), 'average' puts kernel / frames on every frame (I3D)."""
+    check_choice('inflation', 'mode', mode, INFLATIONS)
+    if mode == 'average':
+        return (kernel / frames).unsqueeze(2).repeat(1, 1, frames, 1, 1)
+    out = kernel.new_zeros(*kernel.shape[:2], frames, *kernel.shape[2:])
+    out[:, :, frames // 2] = kernel
+    return out
+
+
 def depthwise_conv(rank: int, channels: int, kernel_size: int) -> nn.Module:
     conv = {2: nn.Conv2d, 3: nn.Conv3d}[rank]
     return conv(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)

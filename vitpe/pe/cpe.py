@@ -19,6 +19,9 @@ class ConditionalPE(PositionalEncoding):
     tokens pass through. The convolution is initialised as in CPVT / Twins: weights N(0, sqrt(2 / fan_out))
     with fan_out = prod(kernel) x out_channels / groups, bias zero.
 
+    3D (T, H, W): a depthwise Conv3d, k x k x k. With one frame and zero padding only its central temporal slice
+    acts, so a 2D checkpoint inflated on that slice (``inflate_state_dict``, 'central') gives the 2D output.
+
     Options: blocks (indices of the blocks it follows, default (0,)), kernel_size (3).
     """
     name = 'cpe'

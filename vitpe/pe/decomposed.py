@@ -63,7 +63,11 @@ def decomposed_bias(q: torch.Tensor, tables, shape, rows: Optional[torch.Tensor]
 
 @register_pos_encoding
 class DecomposedRelPos(PositionalEncoding):
-    """Options: zero_init (tables start at zero, as SAM; False draws them from N(0, 0.02))."""
+    """Options: zero_init (tables start at zero, as SAM; False draws them from N(0, 0.02)).
+
+    3D (T, H, W): a temporal table R_t (2 T - 1, d) next to R_h and R_w. At T = 1 its one row adds <q_i, R_t[0]>
+    to every key of query i, which softmax ignores: the same output as the 2D form (a 2D checkpoint inflates it
+    to zero)."""
     name = 'decomposed'
     hooks = frozenset({'bias'})
 
@@ -91,6 +95,13 @@ class DecomposedRelPos(PositionalEncoding):
             return written.unflatten(0, (b, h))
         lengths = [self.tables._parameters[str(a)].shape[1] for a in range(len(shape))]  # ints, also when tracing
         return grid_bias(rows, ctx.grid, (b, h), add_patch_part, 0., dtype=q.dtype, device=ctx.device)
+
+    def inflate_state_dict(self, state_dict, prefix, mode='central'):
+        """2D tables (h, w) become tables 1 and 2; the temporal table 0 starts at zero (no bias along time)."""
+        if f'{prefix}tables.2' not in state_dict and f'{prefix}tables.1' in state_dict:
+            state_dict[f'{prefix}tables.2'] = state_dict[f'{prefix}tables.1']
+            state_dict[f'{prefix}tables.1'] = state_dict[f'{prefix}tables.0']
+            state_dict[f'{prefix}tables.0'] = torch.zeros_like(self.tables[0])
 
     def resize_state_dict(self, state_dict, prefix):
         for a, size in enumerate(self.grid_size):

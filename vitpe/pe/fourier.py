@@ -36,6 +36,9 @@ class FourierPE(PositionalEncoding):
     Coordinates are patch indices divided by the training grid (``coord_unit``: the training grid spans
     [0, 1)), so a larger grid extends the coordinates instead of squeezing them (position interpolation does).
 
+    3D (T, H, W): M = 3, coordinates (t / T, r / H, c / W). At T = 1 (t = 0) the t column of W_r drops out:
+    the 2D form on the same W_r columns (tested, through a 2D checkpoint, whose W_r gets a zero t column).
+
     Options: num_features F (64), hidden_dim (32), gamma (1.0), feature_sets S (1; ``groups`` is its old,
     deprecated name), random_positions (0: off; a factor: randomised positions in training, ``GridPositions``).
     """
@@ -74,6 +77,16 @@ class FourierPE(PositionalEncoding):
         self.mlp = nn.Sequential(
             nn.Conv1d(sets * num_features, sets * hidden_dim, 1, groups=sets), nn.GELU(),
             nn.Conv1d(sets * hidden_dim, self.dim, 1, groups=sets))
+
+    def inflate_state_dict(self, state_dict, prefix, mode='central'):
+        """2D W_r (columns r, c) gets a t column of zeros (the 2D features on every frame); the coordinate unit
+        gets the reference frames."""
+        super().inflate_state_dict(state_dict, prefix, mode)
+        f, unit = state_dict.get(prefix + 'freqs'), state_dict.get(prefix + 'coord_unit')
+        if f is not None and f.shape[-1] == 2:
+            state_dict[prefix + 'freqs'] = torch.cat([torch.zeros_like(f[..., :1]), f], -1)
+        if unit is not None and unit.numel() == 2:
+            state_dict[prefix + 'coord_unit'] = torch.cat([unit.new_tensor([self.grid_size[0]]), unit])
 
     def fourier_terms(self, coords: torch.Tensor) -> torch.Tensor:
         """r of Eq. 2 for (N, M) coordinates, (S, F, N), in float32 whatever the autocast dtype (positions times

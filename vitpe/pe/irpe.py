@@ -11,7 +11,10 @@ Per block and per target:
 
 Contextual encodings are computed once per bucket (q against the table, (N, buckets)) and then gathered to
 (N, N); value encodings aggregate the attention per bucket first (scatter-add), then multiply by the table.
-Prefix tokens share one extra bucket, as the reference's ``skip`` tokens. Bucket ids depend on the offset
+Prefix tokens share one extra bucket, as the reference's ``skip`` tokens. 3D (T, H, W): the offset has a third
+axis: 'product' buckets (2 beta + 1)^3 (t digit first), 'cross' a third table (for t), 'euclidean' / 'quant'
+the 3D distance. At T = 1 the t offset is 0, so a 2D checkpoint inflated by ``inflate_state_dict`` gives the 2D
+model's output (tested). Bucket ids depend on the offset
 only: they are computed for the (2S-1)^rank offsets and looked up per pair (the offset table cached per
 grid; the patch ids cached for grids up to ``cache_tokens``, else looked up per chunk of query rows).
 """
@@ -116,22 +119,28 @@ class IRPE(PositionalEncoding):
             DeiT-iRPE models do (zoo: ``vitpe_*_patch16_irpe_ape_224``); off in ``irpe`` alone.
         antialias: how that table is resampled (True: timm's ``resample_abs_pos_embed``, as every vitpe table;
             False: plain bicubic, as the DeiT code the official models were fine-tuned with).
+        contextual_scale: 'sqrt_d' (default: the paper's and the authors' (x / sqrt(d)) . T) or 'none' (x . T),
+            not the paper's: an option for studies, in which the zero-initialised contextual tables move the
+            logits sqrt(d) times faster at equal update sizes (the paper's form is slow to leave chance there).
     """
     name = 'irpe'
     hooks = frozenset({'tokens', 'bias', 'value'})
-    zoo = (ZooEntry('irpe'), ZooEntry('irpe_ape', dict(ape=True), ('tiny', 'small', 'base')))
+    zoo = (ZooEntry('irpe'), ZooEntry('irpe_ape', dict(ape=True)))
     # grids up to this many tokens keep their patch bucket ids cached; larger ones look up the ids of each
     # row chunk on the fly, so memory stays O(chunk x N)
     cache_tokens: int = 1024
 
     def __init__(self, *, mode: str = 'contextual', method: str = 'product', on: str = 'k',
-                 shared_head: bool = True, ratio: float = 1.9, ape: bool = False, antialias: bool = True, **common):
+                 shared_head: bool = True, ratio: float = 1.9, ape: bool = False, antialias: bool = True,
+                 contextual_scale: str = 'sqrt_d', **common):
         super().__init__(**common)
         check_choice(self.name, 'mode', mode, IRPE_MODES)
         check_choice(self.name, 'method', method, IRPE_METHODS)
         check_choice(self.name, 'on', on, IRPE_TARGETS)
         check_positive(self.name, 'ratio', ratio)
         check_bool(self.name, 'ape', ape)
+        check_choice(self.name, 'contextual_scale', contextual_scale, ('sqrt_d', 'none'))
+        self.contextual_scale = contextual_scale
         if mode == 'bias' and 'v' in on:
             raise ValueError(f"irpe: invalid on={on!r} with mode='bias'; encodings on values need mode='contextual'")
         self.mode, self.method, self.on, self.shared_head = mode, method, on, shared_head
@@ -155,6 +164,24 @@ class IRPE(PositionalEncoding):
 
     def tokens(self, x, ctx):
         return self.table.add(self, x, ctx.grid, ctx.strategy)
+
+    def inflate_state_dict(self, state_dict, prefix, mode='central'):
+        """2D tables made 3D so that a clip of one frame is the image: 'product' repeats the 2D buckets for every
+        temporal offset digit (3D id = t digit x (2 beta + 1)^2 + 2D id), 'cross' adds a zero table for t,
+        'euclidean' / 'quant' keep their tables (the distance of a zero t offset is the 2D one)."""
+        super().inflate_state_dict(state_dict, prefix, mode)
+        side = 2 * int(self.beta) + 1
+        for target in self.on:
+            key = f'{prefix}{target}_table'
+            t = state_dict.get(key)
+            if t is None or t.shape == getattr(self, f'{target}_table').shape:
+                continue
+            if self.method == 'cross':
+                state_dict[key] = torch.cat([torch.zeros_like(t[:, :1]), t], 1)  # (depth, axes, ...): t axis first
+            elif self.method == 'product':
+                dim = -2 if (target == 'v' and self.mode == 'contextual') else -1  # the bucket axis
+                grid, extra = t.narrow(dim, 0, side ** 2), t.narrow(dim, side ** 2, t.shape[dim] - side ** 2)
+                state_dict[key] = torch.cat([grid] * side + [extra], dim)
 
     # ----------------------------------------------------------------- bucket ids
     def _ids(self, shape: Tuple[int, ...], patch_rows: Optional[torch.Tensor], keys_first: bool, device):
@@ -212,7 +239,7 @@ class IRPE(PositionalEncoding):
         return out
 
     def bias(self, q, k, ctx, layer, rows=slice(None)):
-        scale = self.head_dim ** -0.5
+        scale = self.head_dim ** -0.5 if self.contextual_scale == 'sqrt_d' else 1.0
         out = None
         if 'k' in self.on:  # logits_ij += q_i . T[bucket_ij]
             out = self._encode(q, self.k_table[layer], self.bucket_ids(ctx.grid, rows, ctx.device), scale)

@@ -27,7 +27,10 @@ class LaPEChain(PEState):
 @register_pos_encoding
 class LayerAdaptivePE(PositionalEncoding):
     """Options: base ('learned' table with rows for prefix tokens, as DeiT, or 'sincos' with zero rows
-    for prefix tokens); antialias (of the learned table's resampling; True as timm)."""
+    for prefix tokens); antialias (of the learned table's resampling; True as timm).
+
+    3D (T, H, W): p_0 is a (T, H, W) table (at T = 1 the 2D table: the same output on the same weights), or the
+    3D sin-cos embedding (which, as ``sincos``, does not reduce to the 2D one at T = 1)."""
     name = 'lape'
     hooks = frozenset({'attn_input'})
 

@@ -8,19 +8,22 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Sequence, Tuple, Type
 
 __all__ = ['ZooEntry', 'register_pos_encoding', 'list_pos_encodings', 'get_pos_encoding_class', 'scheme_options',
-           'create_pos_encoding', 'on_register', 'DEFAULT_ZOO_SIZES']
+           'create_pos_encoding', 'on_register', 'DEFAULT_ZOO_SIZES', 'ZOO_KINDS']
 
 DEFAULT_ZOO_SIZES = ('micro', 'tiny', 'small', 'base')
+ZOO_KINDS = ('image', 'video')
 COMMON_ARGS = ('dim', 'num_heads', 'depth', 'grid_size', 'num_prefix_tokens')
 
 
 @dataclass(frozen=True)
 class ZooEntry:
-    """A model family a scheme contributes to the timm zoo: ``vitpe_<size>_patch16_<suffix>_<img>`` for
-    every size in ``sizes``, built with the scheme's ``options``."""
+    """A model family a scheme contributes to the timm zoo: ``vitpe_<size>_patch16_<suffix>_<img>`` (kind
+    'image') and ``vitpe_<size>_patch16_<suffix>_video_<frames>x<img>`` (kind 'video') for every size in
+    ``sizes`` and kind in ``kinds``, built with the scheme's ``options``."""
     suffix: str
     options: Dict[str, Any] = field(default_factory=dict)
     sizes: Tuple[str, ...] = DEFAULT_ZOO_SIZES
+    kinds: Tuple[str, ...] = ZOO_KINDS
 
 
 _REGISTRY: Dict[str, type] = {}

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -28,19 +28,33 @@ class RoPEMixed(RotaryPE):
     ``freqs`` has shape (rank, depth, heads, head_dim/2), initialised with magnitudes 1/theta^(4k/d) along
     random orthogonal directions.
 
+    3D (T, H, W): each chunk of channel pairs starts along one of 3 random orthonormal directions in (x, y, t)
+    (chunk sizes ``split``, as rope_axial's); the directions are learned. At T = 1 (t = 0) the angle is c*f_x +
+    r*f_y whatever f_t: the 3D form equals the 2D one on the same f_x, f_y (tested, through a 2D checkpoint).
+
     Options: theta (10, the paper's base), ape (also add a learned APE), antialias (of that APE's
-    resampling), per_layer (frequencies per layer, True; False shares one set over all layers), random_positions
-    (0: off; a factor: randomised positions in training, ``common.GridPositions``).
+    resampling), per_layer (frequencies per layer, True; False shares one set over all layers), split (the
+    initial chunk of channel pairs per axis, grid order; None: as rope_axial), random_positions (0: off; a
+    factor: randomised positions in training, ``common.GridPositions``).
     """
     name = 'rope_mixed'
     zoo = (ZooEntry('rope_mixed'), ZooEntry('rope_mixed_ape', dict(ape=True), ('small', 'base')))
 
     def __init__(self, *, theta: float = 10., ape: bool = False, antialias: bool = True, per_layer: bool = True,
-                 random_positions: float = 0., **common):
-        super().__init__(theta=theta, ape=ape, antialias=antialias, random_positions=random_positions, **common)
+                 split: Optional[Sequence[int]] = None, random_positions: float = 0., **common):
+        super().__init__(theta=theta, ape=ape, antialias=antialias, split=split, random_positions=random_positions,
+                         **common)
         self.per_layer = per_layer
-        freqs = rope_mixed_init(self.head_dim, self.depth if per_layer else 1, self.num_heads, self.rank, self.theta)
+        freqs = rope_mixed_init(self.head_dim, self.depth if per_layer else 1, self.num_heads, self.rank, self.theta,
+                                self.split)
         self.freqs = nn.Parameter(freqs)
+
+    def inflate_state_dict(self, state_dict, prefix, mode='central'):
+        """2D frequencies (x, y rows) get a t row f_t = 0: the 2D rotation on every frame, time learned from there."""
+        super().inflate_state_dict(state_dict, prefix, mode)
+        f = state_dict.get(prefix + 'freqs')
+        if f is not None and f.shape[0] == 2:
+            state_dict[prefix + 'freqs'] = torch.cat([f, torch.zeros_like(f[:1])])
 
     def no_weight_decay(self):
         return {'freqs'}

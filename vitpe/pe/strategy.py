@@ -4,6 +4,10 @@ A strategy is parsed from a name such as ``'pi'`` or a combination such as ``'pi
 
 - positions (at most one): ``pi`` (coordinates scaled by reference / test grid, Chen et al. 2023),
   ``ntk`` (NTK-aware RoPE base scaling), ``yarn`` (YaRN's per-frequency ramp and temperature, Peng et al. 2023);
+- along time only (video, at most one; the position strategy then acts on the spatial axes only): ``pi_t``
+  (the t coordinate scaled by reference / test frames), ``ntk_t`` (NTK-aware scaling of the temporal
+  frequencies), ``riflex`` (RIFLEx, Zhao et al. 2025: the intrinsic temporal frequency lowered so that the test
+  clip stays within 90% of one period; see ``rotary.py``);
 - ``logit``: attention logits scaled by log(N_test) / log(N_train) (any scheme);
 - table interpolation (at most one): ``bicubic``, ``bilinear``, ``nearest`` (how learned tables are resampled).
 
@@ -21,17 +25,20 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Tuple, Union
 
 POSITION_STRATEGIES = ('pi', 'ntk', 'yarn')
+TEMPORAL_STRATEGIES = ('pi_t', 'ntk_t', 'riflex')
 TABLE_STRATEGIES = ('bicubic', 'bilinear', 'nearest')
-STRATEGIES = ('none',) + POSITION_STRATEGIES + ('logit',) + TABLE_STRATEGIES
+STRATEGIES = ('none',) + POSITION_STRATEGIES + TEMPORAL_STRATEGIES + ('logit',) + TABLE_STRATEGIES
 
 
 @dataclass(frozen=True)
 class ResolutionStrategy:
     """``positions``: 'none', 'pi', 'ntk' or 'yarn'; ``logit``: log-length logit scaling on or off;
-    ``interpolation``: how learned tables are resampled (None: each table's own setting)."""
+    ``interpolation``: how learned tables are resampled (None: each table's own setting); ``temporal``: 'none',
+    'pi_t', 'ntk_t' or 'riflex' (video: the time axis; ``positions`` then acts on the spatial axes only)."""
     positions: str = 'none'
     logit: bool = False
     interpolation: Optional[str] = None
+    temporal: str = 'none'
 
     @classmethod
     def parse(cls, spec: Union[str, 'ResolutionStrategy', None]) -> 'ResolutionStrategy':
@@ -48,16 +55,20 @@ class ResolutionStrategy:
                              f"{list(STRATEGIES)} or a combination joined by '+'")
         positions = [p for p in parts if p in POSITION_STRATEGIES]
         tables = [p for p in parts if p in TABLE_STRATEGIES]
+        temporal = [p for p in parts if p in TEMPORAL_STRATEGIES]
         repeated = len(parts) != len(set(parts)) or ('none' in parts and len(parts) > 1)
-        if len(positions) > 1 or len(tables) > 1 or repeated:
+        if len(positions) > 1 or len(tables) > 1 or len(temporal) > 1 or repeated:
             raise ValueError(f"resolution strategy {spec!r} combines what cannot be combined: at most one of "
-                             f"{list(POSITION_STRATEGIES)}, at most one of {list(TABLE_STRATEGIES)}, and 'logit'")
-        return cls(positions[0] if positions else 'none', 'logit' in parts, tables[0] if tables else None)
+                             f"{list(POSITION_STRATEGIES)}, at most one of {list(TEMPORAL_STRATEGIES)}, at most one "
+                             f"of {list(TABLE_STRATEGIES)}, and 'logit'")
+        return cls(positions[0] if positions else 'none', 'logit' in parts, tables[0] if tables else None,
+                   temporal[0] if temporal else 'none')
 
     @property
     def parts(self) -> Tuple[str, ...]:
         """The single strategies this one combines, e.g. ('pi', 'logit'); () for none."""
         out = () if self.positions == 'none' else (self.positions,)
+        out += () if self.temporal == 'none' else (self.temporal,)
         out += ('logit',) if self.logit else ()
         return out + ((self.interpolation,) if self.interpolation else ())
 
@@ -90,10 +101,15 @@ def use_strategy(spec: Union[str, ResolutionStrategy, None]) -> Iterator[Resolut
 
 def position_scale(reference: Tuple[int, ...], shape: Tuple[int, ...],
                    strategy: ResolutionStrategy) -> Optional[Tuple[float, ...]]:
-    """Per-axis coordinate scale of position interpolation (reference / test grid), or None (as trained)."""
-    if strategy.positions == 'pi':
-        return tuple(r / s for r, s in zip(reference, shape))
-    return None
+    """Per-axis coordinate scale of position interpolation (reference / test grid), or None (as trained). With a
+    temporal strategy on a (T, H, W) grid, 'pi' scales h and w only and 'pi_t' scales t only."""
+    temporal = strategy.temporal != 'none' and len(shape) == 3
+    if strategy.positions != 'pi' and not (temporal and strategy.temporal == 'pi_t'):
+        return None
+    scale = [r / s if strategy.positions == 'pi' else 1.0 for r, s in zip(reference, shape)]
+    if temporal:
+        scale[0] = reference[0] / shape[0] if strategy.temporal == 'pi_t' else 1.0
+    return tuple(scale)
 
 
 def attention_logit_scale(pe, grid, strategy: ResolutionStrategy) -> float:

@@ -1,0 +1,175 @@
+"""Clips: moving shapes in continuous time (any frame count and size), the direction task needing temporal order,
+folders of frames; training a video model on clips, resuming, and the frame sweep."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vitpe.data import SyntheticClips, build_dataset, make_clip, render_clip
+from vitpe.data.clips import DIRECTIONS, FrameFolder, frame_times
+from vitpe.data.synthetic import render
+
+
+def test_clips_render_at_any_frame_count_and_size():
+    ds = SyntheticClips('direction', num_frames=4, img_size=(32, 48), num_samples=3)
+    x, y = ds[0]
+    assert x.shape == (3, 4, 32, 48) and 0 <= y < 4 and ds.classes == ['left', 'right', 'up', 'down']
+    clip = ds.clip(0)
+    for frames in (2, 5, 16):
+        video = render_clip(clip, frames, (40, 40))
+        assert video.shape == (3, frames, 40, 40)
+        # frame k of T shows the clip at time (k + 0.5) / T: positions move continuously, p(t) = p_0 + t v
+        k = frames - 1
+        torch.testing.assert_close(video[:, k], render(clip.at((k + 0.5) / frames), (40, 40)))
+    assert frame_times(4) == [0.125, 0.375, 0.625, 0.875]
+    # the same index is the same clip at another frame count and size
+    assert SyntheticClips('direction', 2, 32, 3).clip(1) == SyntheticClips('direction', 16, 96, 3).clip(1)
+    assert SyntheticClips('direction', 2, 32, 3, split='val').clip(1) != ds.clip(1)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2, 3, 7])
+def test_direction_needs_temporal_order(seed):
+    """A clip played backwards is a clip of the opposite direction: the same frames in reverse order with another
+    label. So no single frame (nor the set of frames) reveals the answer; only their order does."""
+    clip = make_clip('direction', seed)
+    dx, dy = DIRECTIONS[clip.label]
+    vx, vy = clip.velocities[0]  # the red shape moves along its label's direction, 0.3-0.5 of the image
+    assert 0.3 <= vx * dx + vy * dy <= 0.5 and abs(vx * dy - vy * dx) < 1e-9
+    back = clip.reversed()
+    assert back.label == {0: 1, 1: 0, 2: 3, 3: 2}[clip.label]
+    forward, backward = render_clip(clip, 8, (48, 48)), render_clip(back, 8, (48, 48))
+    torch.testing.assert_close(backward, forward.flip(1), atol=1e-4, rtol=0)
+    for t in (0.0, 1.0):  # every shape stays inside the image over the whole clip
+        for s in clip.at(t).shapes:
+            assert s.radius - 1e-9 <= s.cx <= 1 - s.radius + 1e-9 and s.radius - 1e-9 <= s.cy <= 1 - s.radius + 1e-9
+
+
+def test_control_task_and_label_balance():
+    kinds = [make_clip('kind', s) for s in range(8)]
+    for clip in kinds:  # the kind of the red shape: any frame shows it, reversing changes nothing
+        assert clip.label == clip.scene.categories[0] and clip.reversed('kind').label == clip.label
+    labels = np.bincount([make_clip('direction', s).label for s in range(400)], minlength=4)
+    assert labels.min() > 70  # about 100 of each direction
+    with pytest.raises(ValueError, match="unknown clip task 'speed'"):
+        make_clip('speed', 0)
+
+
+def test_frame_folders(tmp_path):
+    """root/class/clip/*.png, frames in name order, T frames sampled evenly over the clip."""
+    for cls in ('a', 'b'):
+        for c in range(2):
+            folder = tmp_path / 'train' / cls / f'clip{c}'
+            folder.mkdir(parents=True)
+            for k in range(10):  # frame k is a flat grey of value 20 k
+                Image.fromarray(np.full((12, 16, 3), 20 * k, np.uint8)).save(folder / f'{k:03d}.png')
+    ds = build_dataset(str(tmp_path), (4, 8, 8), 'train')
+    assert isinstance(ds, FrameFolder) and ds.classes == ['a', 'b'] and len(ds) == 4
+    x, y = ds[3]
+    assert x.shape == (3, 4, 8, 8) and y == 1
+    grey = (x[0, :, 0, 0] * 0.229 + 0.485) * 255  # frames at (k + 0.5) / 4 of 10: 1, 3, 6, 8
+    torch.testing.assert_close(grey, torch.tensor([20., 60., 120., 160.]), atol=0.6, rtol=0)
+    with pytest.raises(ValueError, match=r"clip data \('clips:direction'\) needs a clip size \(frames, height, "
+                                         r"width\), got \(32, 32\)"):
+        build_dataset('clips:direction', 32, 'train')
+    with pytest.raises(ValueError, match="holds no clips: expected root/class/clip/<frames>.png"):
+        build_dataset(str(tmp_path / 'train' / 'a'), (4, 8, 8), 'val')
+
+
+def test_train_resume_and_frame_sweep_on_clips(tmp_path, tool):
+    """A tiny video model trains on built-in clips (the same checkpoints, logs and resume as images) and the
+    sweep evaluates it at several frame counts, writing the table, CSV and plot."""
+    out = tmp_path / 'run'
+    args = ['--model', 'vitpe_micro_patch16_rope_axial_video_8x64', '--model-kwargs', json.dumps({'depth': 1}),
+            '--data', 'clips:direction', '--img-size', '32', '--num-frames', '4', '--train-samples', '32',
+            '--val-samples', '16', '--batch-size', '16', '--warmup-steps', '1', '--output', str(out), '--quiet']
+    assert tool('train').main(args + ['--epochs', '1']) == 0
+    assert tool('train').main(args + ['--epochs', '2', '--resume']) == 0
+    rows = (out / 'log.csv').read_text().splitlines()
+    assert len(rows) == 3 and rows[2].startswith('2,')
+    ckpt = torch.load(out / 'last.pth', weights_only=True)
+    assert ckpt['model_kwargs'] == {'depth': 1, 'num_frames': 4} and ckpt['config']['num_frames'] == 4
+    assert ckpt['model']['patch_embed.proj.weight'].shape == (128, 3, 2, 16, 16)
+
+    sweep_dir = tmp_path / 'sweep'
+    assert tool('eval_resolution').main(['--checkpoint', str(out / 'best.pth'), '--resolutions', '32', '--frames',
+                                         '2', '4', '8', '--strategy', 'none', 'riflex', '--samples', '8',
+                                         '--output', str(sweep_dir)]) == 0
+    table = (sweep_dir / 'results.md').read_text()
+    assert '| 2 frames | 4 frames | 8 frames |' in table
+    assert table.count('*') == 2  # the training clip (4 frames) marked on both rows
+    csv_rows = (sweep_dir / 'results.csv').read_text().splitlines()
+    assert len(csv_rows) == 1 + 6 and csv_rows[0].endswith('frames,train_frames')
+    assert os.path.getsize(sweep_dir / 'resolution.png') > 0
+    assert tool('eval_resolution').main(['--checkpoint', str(out / 'best.pth'), '--resolutions', '32', '--frames',
+                                         '3', '--output', str(sweep_dir)]) == 2  # 3 frames: not a tubelet multiple
+
+
+TINY_VIDEO_STUDY = """
+task: clips:direction
+model: vitpe_micro_patch16_{scheme}_video_8x64
+model_kwargs: {depth: 1, embed_dim: 32, num_heads: 2}
+schemes: [none, rope_axial]
+train: {img_size: 32, num_frames: 4, epochs: 1, train_samples: 16, val_samples: 8, batch_size: 8, warmup_steps: 1}
+resolutions: [32]
+frames: [2, 4, 8]
+eval_samples: 8
+strategy_schemes: [rope_axial]
+seeds: 1
+"""
+
+
+def test_tiny_video_study(tmp_path, tool, capsys):
+    """tools/study.py runs a video study (configs/study_video_*.yaml) and summarises it along frames."""
+    import yaml
+    shipped = yaml.safe_load(open(os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs',
+                                               'study_video_direction_8x64.yaml')))
+    assert tool('study').plan_runs(dict(shipped, source='shipped'), str(tmp_path / 'plan'))[0].config.num_frames == 8
+    config = tmp_path / 'study.yaml'
+    config.write_text(TINY_VIDEO_STUDY)
+    assert tool('study').main(['--config', str(config), '--output', str(tmp_path / 'out')]) == 0
+    table = (tmp_path / 'out' / 'results.md').read_text()
+    assert '| 2 frames | 4 frames | 8 frames |' in table
+    rows = {line.split('|')[1].strip() + '/' + line.split('|')[3].strip() for line in table.splitlines()[2:]}
+    assert {'none/none', 'rope_axial/none', 'rope_axial/riflex', 'rope_axial/ntk_t', 'rope_axial/pi_t'} <= rows
+    assert all(line.count('*') == 1 for line in table.splitlines()[2:])  # the training clip: 4 frames
+
+
+def test_fine_tune_an_image_checkpoint_on_clips(tmp_path, tool):
+    """--initial-checkpoint of an image run starts a video run: the checkpoint is inflated on load."""
+    import timm
+    image = timm.create_model('vitpe_micro_patch16_rope_mixed_64', num_classes=4, depth=1)
+    path = tmp_path / 'image.pth'
+    torch.save({'format': 'vitpe-train-2', 'model': image.state_dict(), 'model_name': 'vitpe_micro_patch16_rope_mixed_64',
+                'model_kwargs': {'depth': 1}, 'img_size': 64, 'num_classes': 4}, path)
+    out = tmp_path / 'video'
+    assert tool('train').main(['--initial-checkpoint', str(path), '--model', 'vitpe_micro_patch16_rope_mixed_video_8x64',
+                               '--data', 'clips:direction', '--img-size', '32', '--num-frames', '4', '--epochs', '1',
+                               '--train-samples', '16', '--val-samples', '8', '--batch-size', '8', '--lr', '1e-9',
+                               '--warmup-steps', '1', '--output', str(out), '--quiet']) == 0
+    video = torch.load(out / 'last.pth', weights_only=True)['model']
+    assert video['pos_enc.freqs'].shape == (3, 1, 4, 16) and video['patch_embed.proj.weight'].shape[2] == 2
+    kernel = video['patch_embed.proj.weight']  # central-frame inflation, then two updates of lr at most 1e-5
+    torch.testing.assert_close(kernel[:, :, 1], image.patch_embed.proj.weight.detach(), atol=1e-4, rtol=0)
+    assert kernel[:, :, 0].abs().max() < 1e-4 < image.patch_embed.proj.weight.abs().max()
+
+
+def test_video_files_through_pyav(tmp_path):
+    av = pytest.importorskip('av')
+    for cls in ('a', 'b'):
+        (tmp_path / cls).mkdir()
+        with av.open(str(tmp_path / cls / 'clip.mkv'), 'w') as out:
+            stream = out.add_stream('ffv1', rate=10)
+            stream.width, stream.height, stream.pix_fmt = 16, 12, 'yuv444p'
+            for k in range(10):  # frame k is a flat grey of value 20 k
+                frame = av.VideoFrame.from_ndarray(np.full((12, 16, 3), 20 * k, np.uint8), format='rgb24')
+                out.mux(stream.encode(frame))
+            out.mux(stream.encode())
+    ds = build_dataset(str(tmp_path), (4, 8, 8), 'val')
+    assert type(ds).__name__ == 'VideoFolder' and ds.classes == ['a', 'b'] and len(ds) == 2
+    x, y = ds[1]
+    assert x.shape == (3, 4, 8, 8) and y == 1
+    grey = (x[0, :, 0, 0] * 0.229 + 0.485) * 255  # frames 1, 3, 6, 8 of 10, as for folders of frames
+    torch.testing.assert_close(grey, torch.tensor([20., 60., 120., 160.]), atol=3, rtol=0)
