@@ -240,12 +240,13 @@ def test_xpos_against_its_formula_per_head_direction(shape):
         assert pe.prepare(grid).log_decay[0].lt(0).all()
 
 
-def test_xpos_in_3d_matches_rope_axial_without_decay():
-    common = dict(dim=48, num_heads=2, depth=2, grid_size=(4, 4, 4), num_prefix_tokens=1)
+@pytest.mark.parametrize('dim', [48, 64])  # head_dim 24: 4 pairs per axis; 32: rope_axial's uneven split (4, 6, 6)
+def test_xpos_in_3d_matches_rope_axial_without_decay(dim):
+    common = dict(dim=dim, num_heads=2, depth=2, grid_size=(4, 4, 4), num_prefix_tokens=1)
     pe = vitpe.create_pos_encoding('xpos', scale_base=1e12, **common)  # no decay left: axial RoPE in 3D
     ref = vitpe.create_pos_encoding('rope_axial', **common)
     grid = Grid((2, 3, 2), 1)
-    q = torch.randn(2, 2, grid.num_tokens, 24)
+    q = torch.randn(2, 2, grid.num_tokens, dim // 2)
     ref_q, _ = ref.qk(q, q, PosContext(ref, grid, ref.prepare(grid)), 0)
     got_q, _ = pe.qk(q, q, PosContext(pe, grid, pe.prepare(grid)), 0)
     torch.testing.assert_close(got_q, ref_q)
