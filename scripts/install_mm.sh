@@ -75,11 +75,13 @@ if [ -z "$WHEEL" ]; then
 fi
 
 # -c pins torch, torchvision, numpy and opencv at their installed versions: pip fails rather than
-# move them. mmengine's wheel asks for opencv-python, which would put a second cv2 next to the
-# headless build the rest of vitpe uses, so mmengine goes in without dependencies and its
-# requirements (but opencv) are listed here.
-"$PY" -m pip install -q -c "$CONSTRAINTS" --no-deps "mmengine==$MMENGINE"
-"$PY" -m pip install -q -c "$CONSTRAINTS" "$WHEEL" addict yapf rich termcolor packaging Pillow pyyaml
+# move them. mmengine's wheel asks for opencv-python, which would put a second cv2 over the headless
+# build the rest of vitpe uses (pip also resolves the requirements of an installed mmengine when it
+# installs mmcv), so mmengine and mmcv go in without dependencies and their requirements (but
+# opencv) are listed here; pip then reports "mmengine requires opencv-python, which is not
+# installed": expected, opencv-python-headless provides cv2.
+"$PY" -m pip install -q -c "$CONSTRAINTS" addict yapf rich termcolor packaging Pillow pyyaml matplotlib
+"$PY" -m pip install -q -c "$CONSTRAINTS" --no-deps "mmengine==$MMENGINE" "$WHEEL"
 "$PY" -m pip install -q -c "$CONSTRAINTS" "mmdet==$MMDET" "mmsegmentation==$MMSEG" \
     pycocotools ftfy regex shapely scipy terminaltables prettytable six
 rm -f "$CONSTRAINTS"
