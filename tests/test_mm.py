@@ -60,7 +60,7 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp('mm_data')
     for split, n, seed in (('train', 4, 0), ('val', 2, 1)):
         write_coco(str(root / 'coco'), n, SIZE, split, seed)
-    for split, n, seed in (('training', 4, 0), ('validation', 2, 1)):
+    for split, n, seed in (('train', 4, 0), ('val', 2, 1)):
         write_segmentation_folders(str(root / 'ade'), n, SIZE, split, seed)
     return root
 
@@ -123,7 +123,7 @@ def seg_override(cfg, scheme, data, work_dir):
     set_step(cfg.train_dataloader.dataset.pipeline, 'RandomCrop', crop_size=(SIZE, SIZE))
     set_step(cfg.test_dataloader.dataset.pipeline, 'Resize', scale=(4 * SIZE, SIZE))
     # the built-in scenes in ADE20K's layout (png images; 0 = background, reduced away as ADE20K's 'other')
-    for loader, split in ((cfg.train_dataloader, 'training'), (cfg.test_dataloader, 'validation')):
+    for loader, split in ((cfg.train_dataloader, 'train'), (cfg.test_dataloader, 'val')):
         loader.dataset.update(type='BaseSegDataset', data_root=str(data / 'ade'), img_suffix='.png',
                               seg_map_suffix='.png', reduce_zero_label=True,
                               metainfo=dict(classes=KINDS, palette=[[255, 0, 0], [0, 255, 0], [0, 0, 255],
@@ -147,14 +147,18 @@ def train_and_predict(cfg):
         return runner.model.test_step(batch)
 
 
-def real_size_checks(cfg, scheme):
+def build_model(cfg):
     from mmengine.registry import init_default_scope
     from mmdet.registry import MODELS as DET
     from mmseg.registry import MODELS as SEG
+    init_default_scope(cfg.default_scope)
+    return (DET if cfg.default_scope == 'mmdet' else SEG).build(cfg.model)
+
+
+def real_size_checks(cfg, scheme):
     b = cfg.model.backbone
     assert b.model == f'vitpe_base_patch16_{scheme}_224' and b.type == 'VitpeBackbone'
-    init_default_scope(cfg.default_scope)
-    model = (DET if cfg.default_scope == 'mmdet' else SEG).build(cfg.model)
+    model = build_model(cfg)
     trunk = model.backbone.vit.trunk
     assert (trunk.embed_dim, len(trunk.blocks)) == (768, 12)
     return model
@@ -204,7 +208,7 @@ def test_layer_decay_follows_vitdet(data, tmp_path):
     from mmengine.optim import build_optim_wrapper
     cfg = Config.fromfile(DET_CONFIGS[0])
     det_override(cfg, 'irpe', data, tmp_path)
-    model = Runner.from_cfg(cfg).model
+    model = build_model(cfg)
     optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
     lr, wd = 1e-4, 0.1
     group = {id(p): g for g in optimizer.param_groups for p in g['params']}
