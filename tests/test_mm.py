@@ -241,6 +241,8 @@ def test_layer_decay_follows_vitdet(data, tmp_path):
     neck = next(model.neck.parameters())
     assert group[id(neck)]['lr'] == pytest.approx(lr) and group[id(neck)]['weight_decay'] == wd
     assert sum(len(g['params']) for g in optimizer.param_groups) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match='decay_rate only'):
+        build_optim_wrapper(model, dict(cfg.optim_wrapper, paramwise_cfg=dict(decay_rate=0.7, num_layers=12)))
 
 
 def test_backbone_loads_a_classification_checkpoint_safely(tmp_path):

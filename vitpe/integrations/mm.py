@@ -92,9 +92,8 @@ class VitpeSimpleFPN(BaseModule):
 
 
 def _vitpe_trunks(module: nn.Module):
-    """(prefix, trunk) of every vitpe backbone inside ``module``."""
-    return [(f'{name}.vit.trunk.' if name else 'vit.trunk.', m.vit.trunk) for name, m in module.named_modules()
-            if isinstance(m, VitpeBackbone)]
+    """The trunk of every vitpe backbone inside ``module``."""
+    return [m.vit.trunk for m in module.modules() if isinstance(m, VitpeBackbone)]
 
 
 def layer_id(name: str, trunk: nn.Module) -> int:
@@ -113,6 +112,10 @@ class VitpeLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
     position tables), as mmdet's ViTDet project."""
 
     def add_params(self, params, module: nn.Module, **kwargs) -> None:
+        unknown = set(self.paramwise_cfg) - {'decay_rate'}
+        if unknown:
+            raise ValueError(f"VitpeLayerDecayOptimizerConstructor: paramwise_cfg takes decay_rate only, got "
+                             f"{sorted(unknown)}")
         decay_rate = float(self.paramwise_cfg.get('decay_rate', 1.0))
         wd = self.base_wd or 0.0
         groups, seen = {}, set()
@@ -123,7 +126,7 @@ class VitpeLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
                 groups[key] = {'params': [], 'lr': self.base_lr * scale, 'weight_decay': 0.0 if no_decay else wd}
             groups[key]['params'].append(p)
             seen.add(id(p))
-        for _, trunk in _vitpe_trunks(module):
+        for trunk in _vitpe_trunks(module):
             skip = trunk.no_weight_decay()
             for name, p in trunk.named_parameters():
                 if p.requires_grad:
