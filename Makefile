@@ -1,5 +1,6 @@
 # README's two commands: `make demo` (the main job) and `make test` (the test suite).
-# Each sets up .venv first: torch==2.14.1 torchvision==0.29.1 (this machine's wheel store), then vitpe[dev].
+# Each sets up .venv first: torch==2.14.1 torchvision==0.29.1 (this machine's wheel store), then vitpe[dev];
+# `make test` also installs the mm stack (scripts/install_mm.sh) for tests/test_mm.py.
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -12,16 +13,24 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 venv: $(VENV)/.installed
 
+# mmcv 2.1.0 (built from source for this torch, about 11 min on 2 cores, cached under
+# ~/.cache/vitpe-wheels), mmengine, mmdet 3.3, mmsegmentation 1.2: tests/test_mm.py needs them
+$(VENV)/.mm-installed: $(VENV)/.installed scripts/install_mm.sh
+	PY=$(PY) scripts/install_mm.sh
+	touch $@
+
+mm: $(VENV)/.mm-installed
+
 demo: venv
 	$(PY) tools/study.py --config configs/study_position_64.yaml --output study
 
 showcase: venv
 	$(PY) tools/showcase.py
 
-test: venv
+test: venv mm
 	$(PY) -m pytest -n 2 -q tests
 
 catalogue: venv
 	$(PY) tools/make_catalogue.py
 
-.PHONY: venv demo showcase test catalogue
+.PHONY: venv mm demo showcase test catalogue

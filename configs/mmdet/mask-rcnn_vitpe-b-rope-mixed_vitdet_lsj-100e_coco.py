@@ -1,0 +1,3 @@
+# Mask R-CNN, ViTDet recipe, vitpe ViT-B with the 'rope_mixed' scheme
+_base_ = ['./_base_/mask-rcnn_vitdet-b.py', './_base_/lsj-100e_coco-instance.py']
+model = dict(backbone=dict(model='vitpe_base_patch16_rope_mixed_224'))

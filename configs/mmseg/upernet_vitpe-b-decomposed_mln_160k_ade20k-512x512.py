@@ -1,0 +1,3 @@
+# UPerNet, mmseg's ViT recipe, vitpe ViT-B with the 'decomposed' scheme
+_base_ = ['./_base_/upernet_vitpe-b_mln.py', './_base_/ade20k-512x512_160k.py']
+model = dict(backbone=dict(model='vitpe_base_patch16_decomposed_224'))
