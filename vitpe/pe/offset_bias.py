@@ -70,6 +70,7 @@ class OffsetBiasPE(PositionalEncoding):
     (an instance attribute: whether ``offset_bias`` differs per layer) and define ``offset_bias``."""
     hooks = frozenset({'bias'})
     position_strategies = ('pi',)
+    cache_tokens: int = 1024  # grids up to this many patches keep their offset index cached (as irpe's ids)
 
     def __init__(self, *, random_positions: float = 0., **common):
         super().__init__(**common)
@@ -100,11 +101,19 @@ class OffsetBiasPE(PositionalEncoding):
     def bias(self, q, k, ctx, layer, rows=slice(None)):
         state = ctx.state
         pos = state.positions.of_batch(q.shape[0])  # (1 | B, N, rank)
-        lin = sum(pos[..., a] * s for a, s in enumerate(state.strides))  # (1 | B, N)
         table = state.tables[layer if self.per_layer else 0]  # (heads, M)
 
+        def offset_index(patch_rows):  # (1 | B, c, N): the offset-table index of every (query row, key) pair
+            lin = sum(pos[..., a] * s for a, s in enumerate(state.strides))  # (1 | B, N)
+            return lin[:, patch_rows, None] - lin[:, None, :] + state.centre
+
         def add_patch_part(skip, patch_rows, out):  # out: (1 | B, heads, c, N)
-            index = lin[:, patch_rows, None] - lin[:, None, :] + state.centre  # (1 | B, c, N)
+            if not self.draws_positions and ctx.grid.num_patches <= self.cache_tokens:  # the grid's own positions:
+                # the same index in every layer and forward (grids up to cache_tokens; larger ones per chunk)
+                index = self.cached(('offset_index', ctx.grid, rows.start, rows.stop, ctx.device),
+                                    lambda: offset_index(patch_rows))
+            else:
+                index = offset_index(patch_rows)
             return out.copy_(table[:, index].transpose(0, 1))
         return grid_bias(rows, ctx.grid, (pos.shape[0], self.num_heads), add_patch_part, 0., dtype=q.dtype,
                          device=ctx.device)
