@@ -7,6 +7,7 @@ same scheme where timm has one.
     python benchmarks/bench_pe.py --models small --sizes 224 384 512 --large-sizes 1024 --modes infer
     python benchmarks/bench_pe.py --models small base --sizes 224 384 512 --modes infer train   # all of it (hours)
     python benchmarks/bench_pe.py --smoke --output bench.json   # seconds; for the test suite
+    python benchmarks/bench_pe.py --models base --sizes 512 --modes infer --large-sizes 1024 --window 14  # ViTDet-B
 
 Prints a table of ratios (vitpe / reference; > 1 means vitpe is faster) and writes one JSON record per
 measurement. On CUDA it uses bf16 autocast and CUDA events; on the CPU float32 and perf_counter.
@@ -32,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import timm  # noqa: E402
 
 import vitpe  # noqa: E402
+from vitpe.dense.backbone import vitdet_global_blocks  # noqa: E402
 from vitpe.memory import peak_memory_mb  # noqa: E402
 
 SIZES = {'tiny': (192, 3), 'small': (384, 6), 'base': (768, 12)}
@@ -107,11 +109,15 @@ def timed(step, device) -> float:
     return time.perf_counter() - t0
 
 
-def build(scheme: str, size: str, img: int, device, timm_ref: bool = False, match_timm: bool = False):
+def build(scheme: str, size: str, img: int, device, timm_ref: bool = False, match_timm: bool = False,
+          window: int = 0):
+    """``window``: ViTDet's window attention (window blocks, global blocks 2, 5, 8, 11), 0 global everywhere."""
     if timm_ref:
         model = TIMM_REFS[scheme](size, img)
     else:
         kwargs = MATCH_TIMM[scheme](img) if match_timm and scheme in MATCH_TIMM else {}
+        if window:
+            kwargs.update(window_size=window, global_blocks=vitdet_global_blocks(12))
         model = timm.create_model(f'vitpe_{size}_patch16_224', pos_enc=scheme, img_size=img, num_classes=0, **kwargs)
     return model.to(device).train(False)
 
@@ -141,10 +147,14 @@ def best_times(steps: Dict[str, Callable[[], object]], repeats: int, device) -> 
     return {name: min(t) for name, t in times.items()}
 
 
-def attention_path(scheme: str, size: str, img: int, batch: int) -> str:
+def attention_path(scheme: str, size: str, img: int, batch: int, window: int = 0) -> str:
+    """The attention path of a global block (with windows: the window blocks' after a slash)."""
     m = timm.create_model(f'vitpe_{size}_patch16_224', pos_enc=scheme, img_size=img, num_classes=0)
-    n = (img // 16) ** 2 + 1
-    return m.blocks[0].attn.path_for(m.pos_enc, batch, n)
+    path = m.blocks[0].attn.path_for(m.pos_enc, batch, (img // 16) ** 2 + 1)
+    if window:
+        windows = math.ceil(img / 16 / window) ** 2
+        path += '/' + m.blocks[0].attn.path_for(m.pos_enc, batch * windows, window ** 2 + 1)
+    return path
 
 
 def run(args) -> List[dict]:
@@ -159,18 +169,18 @@ def run(args) -> List[dict]:
     total = len(plan) * len(args.schemes)
     done = 0
     for size, img, mode, batch, repeats in plan:
-        bare = build('none', size, img, device)
+        bare = build('none', size, img, device, window=args.window)
         for scheme in args.schemes:
             done += 1
             print(f"[{done}/{total}] {size} {scheme} {img} {mode} batch {batch}", file=sys.stderr, flush=True)
-            models = {'vitpe': build(scheme, size, img, device), 'none': bare}
-            if args.timm and scheme in TIMM_REFS:
+            models = {'vitpe': build(scheme, size, img, device, window=args.window), 'none': bare}
+            if args.timm and scheme in TIMM_REFS and not args.window:  # timm's ViTs have no window attention
                 # against timm, vitpe runs with timm's options (LayerScale for RoPE-ViT, hiera's window)
                 if scheme in MATCH_TIMM:
                     models['vitpe_as_timm'] = build(scheme, size, img, device, match_timm=True)
                 models['timm'] = build(scheme, size, img, device, timm_ref=True)
             result = measure_group(models, img, batch, mode, repeats, device)
-            path = attention_path(scheme, size, img, batch)
+            path = attention_path(scheme, size, img, batch, args.window)
             for ref in [r for r in ('none', 'timm') if r in result]:
                 if ref == 'none' and scheme == 'none':
                     continue
@@ -178,6 +188,7 @@ def run(args) -> List[dict]:
                 theirs = result[ref]
                 records.append({
                     'scheme': scheme, 'model': f'vitpe_{size}_patch16_{scheme}_224', 'img_size': img,
+                    'window': args.window,
                     'batch': batch, 'mode': mode, 'device': str(device), 'repeats': repeats,
                     'imgs_per_s': ours['imgs_per_s'], 'peak_mem_mb': ours['peak_mem_mb'], 'ref': ref,
                     'ref_imgs_per_s': theirs['imgs_per_s'], 'ref_peak_mem_mb': theirs['peak_mem_mb'],
@@ -226,7 +237,8 @@ def table(records: List[dict]) -> str:
         any_r = next(iter(rs.values()))
         ratio = lambda ref: f"{rs[ref]['ratio']:.2f}" if ref in rs else '-'
         mem_none = f"{rs['none']['mem_ratio']:.2f}" if 'none' in rs else '-'
-        lines.append(f"| {scheme} | {model.split('_')[1]} | {img} | {batch} | {mode} | {any_r['attention_path']} | "
+        name = model.split('_')[1] + (f" w{any_r['window']}" if any_r.get('window') else '')
+        lines.append(f"| {scheme} | {name} | {img} | {batch} | {mode} | {any_r['attention_path']} | "
                      f"{any_r['imgs_per_s']:.2f} | {ratio('none')} | {ratio('timm')} | {any_r['peak_mem_mb']:.0f} | "
                      f"{mem_none} |")
     return '\n'.join(lines)
@@ -245,6 +257,8 @@ def main(argv=None):
     ap.add_argument('--batch', type=int, default=8)
     ap.add_argument('--repeats', type=int, default=5)
     ap.add_argument('--no-timm', dest='timm', action='store_false', help='skip the timm references')
+    ap.add_argument('--window', type=int, default=0,
+                    help="ViTDet's window attention in every model (e.g. 14; global blocks 2, 5, 8, 11); 0: none")
     ap.add_argument('--quick', action='store_true', help='ViT-S, 224 and 384, inference')
     ap.add_argument('--smoke', action='store_true', help='seconds: tiny model, 64 px (and 96 px large), 3 schemes')
     ap.add_argument('--output', default='bench.json')

@@ -36,6 +36,21 @@ def test_benchmark_smoke_writes_the_schema(tmp_path):
     assert data['growth']['ape']['sizes'] == [64, 96] and not math.isnan(data['growth']['ape']['time_exp'])
 
 
+def test_benchmark_with_window_attention(tmp_path):
+    """--window: every model (the bare trunk too) with ViTDet's window blocks; no timm reference (none has windows)."""
+    out = tmp_path / 'bench.json'
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'bench_pe.py'), '--smoke', '--window', '2',
+                           '--output', str(out)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = json.loads(out.read_text())['records']
+    assert {(r['scheme'], r['ref'], r['img_size']) for r in records} == {
+        (s, 'none', img) for s in ('ape', 'irpe', 'abswin') for img in (64, 96)}
+    assert all(r['window'] == 2 and '/' in r['attention_path'] for r in records)
+    assert '| irpe | tiny w2 | 96 | 1 | infer |' in proc.stdout
+
+
 @pytest.mark.parametrize('scheme', vitpe.list_pos_encodings())
 def test_compiled_matches_eager(scheme):
     torch._dynamo.reset()

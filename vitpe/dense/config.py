@@ -26,6 +26,9 @@ class DenseConfig:
     global_blocks: Optional[List[int]] = option(None, "blocks with global attention (none: ViTDet's, the last of "
                                                 "each quarter of the trunk: 2 5 8 11 for depth 12)", nargs='*',
                                                 type=int)
+    detector_args: Dict[str, Any] = option(help="torchvision detector arguments (JSON or key=value), e.g. "
+                                           "rpn_post_nms_top_n_train=300 box_batch_size_per_image=128",
+                                           factory=dict, nargs='+')
     backbone_checkpoint: Optional[str] = option(None, 'classification checkpoint of the backbone model')
     channels: int = option(256, 'pyramid width')
     head_channels: Optional[int] = option(None, 'head width (R-CNN box head, mask head / segmentation head)')

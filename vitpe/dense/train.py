@@ -50,28 +50,34 @@ def data_root(cfg: DenseConfig, rank: int) -> str:
     return root
 
 
-def datasets(cfg: DenseConfig, root: str):
-    size = (cfg.img_size, cfg.img_size)
+def dense_dataset(cfg: DenseConfig, root: str, split: str, augment: str, size: int):
+    """The ``split`` of the data under ``root`` (COCO or ADE20K layout) through pipeline ``augment`` at ``size``."""
+    size = (size, size)
     if cfg.task == 'detection':
-        def coco(split, aug):
-            return CocoDetection(os.path.join(root, 'annotations', f'instances_{split}.json'),
-                                 os.path.join(root, split), cfg.num_classes, pipeline(aug, size),
-                                 masks=(cfg.head or 'maskrcnn') == 'maskrcnn')
-        return coco('train', cfg.augment), coco('val', 'resize')
-    seg = 'segmentation'
-    return (SegmentationFolder(root, 'train', cfg.num_classes, pipeline(cfg.augment, size, seg)),
-            SegmentationFolder(root, 'val', cfg.num_classes, pipeline('resize', size, seg)))
+        return CocoDetection(os.path.join(root, 'annotations', f'instances_{split}.json'), os.path.join(root, split),
+                             cfg.num_classes, pipeline(augment, size), masks=(cfg.head or 'maskrcnn') == 'maskrcnn')
+    return SegmentationFolder(root, split, cfg.num_classes, pipeline(augment, size, 'segmentation'))
+
+
+def datasets(cfg: DenseConfig, root: str):
+    return (dense_dataset(cfg, root, 'train', cfg.augment, cfg.img_size),
+            dense_dataset(cfg, root, 'val', 'resize', cfg.img_size))
 
 
 def build(cfg: DenseConfig) -> torch.nn.Module:
     blocks = None if cfg.global_blocks is None else tuple(cfg.global_blocks)
-    backbone_args = dict(cfg.model_kwargs, window_size=cfg.window_size, global_blocks=blocks,
-                         checkpoint=cfg.backbone_checkpoint)
+    # the trunk's reference grid is the training size's: tables are made (or resized on loading) for it, and
+    # resolution strategies scale from it (ViTDet resizes its table to the training grid likewise)
+    backbone_args = dict(dict(img_size=cfg.img_size), **cfg.model_kwargs, window_size=cfg.window_size,
+                         global_blocks=blocks, checkpoint=cfg.backbone_checkpoint)
     if cfg.task == 'detection':
         head = dict(box_head_size=cfg.head_channels, mask_head_channels=cfg.head_channels) if cfg.head_channels \
             else {}
         return build_detector(cfg.head or 'maskrcnn', cfg.model, cfg.num_classes, out_channels=cfg.channels,
-                              backbone_args=backbone_args, min_size=cfg.img_size, max_size=cfg.img_size, **head)
+                              backbone_args=backbone_args, min_size=cfg.img_size, max_size=cfg.img_size, **head,
+                              **cfg.detector_args)
+    if cfg.detector_args:
+        raise TrainingError(f"detector_args {sorted(cfg.detector_args)} are for detection, not segmentation")
     return build_segmenter(cfg.head or 'upernet', cfg.model, cfg.num_classes, out_channels=cfg.channels,
                            channels=cfg.head_channels, backbone_args=backbone_args)
 

@@ -239,10 +239,11 @@ class VisionTransformer(nn.Module):
         device = pe.default_device() if is_fx_symbolic_tracing() else x.device  # a proxy under FX tracing
         ctx = PosContext(pe, grid, pe.prepare(grid, strategy, device), strategy,
                          attention_logit_scale(pe, grid, strategy), device)
-        if self.window_size is not None:  # the context of one window: the scheme prepared for the window grid
+        if self.window_size is not None:  # the context of one window: the scheme prepared for the window grid,
+            # as trained at every input size (the window does not grow with the input), so no strategy applies
             window = Grid(self.window_size, self.num_prefix_tokens)
-            ctx.window = PosContext(pe, window, pe.prepare(window, strategy, device), strategy,
-                                    attention_logit_scale(pe, window, strategy), device,
+            ctx.window = PosContext(pe, window, pe.prepare(window, NO_STRATEGY, device), NO_STRATEGY,
+                                    attention_logit_scale(pe, window, NO_STRATEGY), device,
                                     layout=WindowLayout(tuple(shape), self.window_size))
         if pe.uses('tokens'):
             x = pe.tokens(x, ctx)
