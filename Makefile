@@ -24,6 +24,19 @@ mm: $(VENV)/.mm-installed
 demo: venv
 	$(PY) tools/study.py --config configs/study_position_64.yaml --output study
 
+# README's dense figures: Mask R-CNN and UPerNet over the micro rope_mixed trunk, 3 seeds each, then both swept
+# over input sizes (rerunning resumes; outside make test)
+DENSE_SIZES = 64 96 128 192 256 384 512
+dense: venv
+	for s in 0 1 2; do $(PY) tools/train_det.py --config configs/dense/maskrcnn_micro_128.yaml --seed $$s \
+	    --output dense/det/rope_mixed/seed$$s --resume --quiet || exit 1; done
+	for s in 0 1 2; do $(PY) tools/train_seg.py --config configs/dense/upernet_micro_128.yaml --seed $$s \
+	    --output dense/seg/rope_mixed/seed$$s --resume --quiet || exit 1; done
+	$(PY) tools/eval_dense.py --checkpoint dense/det/*/seed*/best.pth --eval-sizes $(DENSE_SIZES) \
+	    --strategy none pi yarn --output dense/det_sweep
+	$(PY) tools/eval_dense.py --checkpoint dense/seg/*/seed*/best.pth --eval-sizes $(DENSE_SIZES) \
+	    --strategy none pi yarn --output dense/seg_sweep
+
 showcase: venv
 	$(PY) tools/showcase.py
 
@@ -33,4 +46,4 @@ test: venv mm
 catalogue: venv
 	$(PY) tools/make_catalogue.py
 
-.PHONY: venv mm demo showcase test catalogue
+.PHONY: venv mm demo dense showcase test catalogue

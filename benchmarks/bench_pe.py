@@ -7,7 +7,7 @@ same scheme where timm has one.
     python benchmarks/bench_pe.py --models small --sizes 224 384 512 --large-sizes 1024 --modes infer
     python benchmarks/bench_pe.py --models small base --sizes 224 384 512 --modes infer train   # all of it (hours)
     python benchmarks/bench_pe.py --smoke --output bench.json   # seconds; for the test suite
-    python benchmarks/bench_pe.py --models base --sizes 512 --modes infer --large-sizes 1024 --window 14  # ViTDet-B
+    python benchmarks/bench_pe.py --models small --sizes --large-sizes 1024 --window 14   # ViTDet's layout, 1024 px
 
 Prints a table of ratios (vitpe / reference; > 1 means vitpe is faster) and writes one JSON record per
 measurement. On CUDA it uses bf16 autocast and CUDA events; on the CPU float32 and perf_counter.
@@ -247,7 +247,7 @@ def table(records: List[dict]) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--models', nargs='+', default=['small', 'base'], choices=list(SIZES))
-    ap.add_argument('--sizes', nargs='+', type=int, default=[224, 384, 512])
+    ap.add_argument('--sizes', nargs='*', type=int, default=[224, 384, 512])
     ap.add_argument('--large-sizes', nargs='*', type=int, default=[1024],
                     help='inference only, at --large-batch with --large-repeats (time and memory)')
     ap.add_argument('--large-batch', type=int, default=1)

@@ -100,7 +100,7 @@ def test_study_config_schemes_all_and_errors(tmp_path, tool):
     assert runs[0].config.output == str(tmp_path / 'runs' / runs[0].name / 'seed0') and runs[0].config.resume == 'auto'
     demo = study.load_study(os.path.join(ROOT, 'configs', 'study_position_64.yaml'))
     full = study.load_study(os.path.join(ROOT, 'configs', 'study_position_64_full.yaml'))
-    for key in ('task', 'model', 'train', 'seeds', 'resolutions', 'eval_samples', 'diagnostics'):
+    for key in ('task', 'model', 'train', 'seeds', 'resolutions', 'eval_samples', 'diagnostics', 'diagnostic_samples'):
         assert demo[key] == full[key], key  # one trunk and one recipe: the demo is a subset of the full study
     assert demo['seeds'] == 3 and full['schemes'] == 'all' and set(demo['schemes']) < set(entries)
     assert max(full['resolutions']) >= 5 * full['train']['img_size'] and min(full['resolutions']) < full['train']['img_size']

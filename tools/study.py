@@ -14,7 +14,8 @@ The config (YAML): ``task`` (data of the main runs), ``model`` (a name with ``{s
 ``model_kwargs``, ``schemes`` (``all``: every registered scheme, ``vitpe.list_pos_encodings()``; or a
 list), ``controls`` (task: [schemes] trained on another task), ``train`` (``TrainConfig`` fields),
 ``resolutions``, ``eval_samples``, ``strategy_schemes`` (swept with every strategy that applies) and
-``seeds`` (a number n: seeds 0..n-1, default 3; or a list of seeds); video studies add ``frames`` (the frame
+``seeds`` (a number n: seeds 0..n-1, default 3; or a list of seeds), ``diagnostics`` (attention entropy and
+distance, default on) over the first ``diagnostic_samples`` test images (default 256); video studies add ``frames`` (the frame
 counts to test; configs/study_video_direction_8x64.yaml). ``results.csv`` keeps every seed's
 numbers; ``summary.csv`` and the table give mean, standard deviation (ddof=1) and number of seeds per cell.
 """
@@ -32,12 +33,12 @@ from tqdm import tqdm
 import vitpe
 from vitpe.checkpoint import load_checkpoint
 from vitpe.config import TrainConfig, read_yaml
-from vitpe.eval import summarize, summary_markdown, sweep, write_csv, write_summary
+from vitpe.eval import STRATEGIES, summarize, summary_markdown, sweep, write_csv, write_summary
 from vitpe.eval.learning import learning_markdown, learning_record
 from vitpe.training import train
 
 REQUIRED = ('task', 'model', 'schemes', 'train', 'resolutions', 'eval_samples')
-OPTIONAL = ('model_kwargs', 'controls', 'strategy_schemes', 'seeds', 'diagnostics', 'frames')
+OPTIONAL = ('model_kwargs', 'controls', 'strategy_schemes', 'seeds', 'diagnostics', 'diagnostic_samples', 'frames')
 DEFAULT_SEEDS = 3
 
 
@@ -147,15 +148,14 @@ def evaluate_all(study: Dict[str, Any], runs: List[StudyRun]) -> list:
     seeds = [r.seed for r in runs]
     diagnostics = bool(study.get('diagnostics', True))
     frames = study.get('frames')  # video studies: the frame counts to test
-    records = sweep(ckpts, study['resolutions'], ['none'], samples=study['eval_samples'], labels=labels, seeds=seeds,
-                    diagnostics=diagnostics, frames=frames)
+    common = dict(samples=study['eval_samples'], diagnostics=diagnostics, frames=frames,
+                  diagnostic_samples=int(study.get('diagnostic_samples', 256)))
+    records = sweep(ckpts, study['resolutions'], ['none'], labels=labels, seeds=seeds, **common)
     chosen = [(c, r) for c, r in zip(ckpts, runs)
               if r.scheme in (study.get('strategy_schemes') or []) and r.task == study['task']]
-    if chosen:
-        extra = sweep([c for c, _ in chosen], study['resolutions'], ['all'], samples=study['eval_samples'],
-                      labels=[r.name for _, r in chosen], seeds=[r.seed for _, r in chosen], diagnostics=diagnostics,
-                      frames=frames)
-        records += [r for r in extra if r.strategy != 'none']
+    if chosen:  # every single strategy but 'none' (swept above); those that do not apply are skipped per scheme
+        records += sweep([c for c, _ in chosen], study['resolutions'], [s for s in STRATEGIES if s != 'none'],
+                         labels=[r.name for _, r in chosen], seeds=[r.seed for _, r in chosen], **common)
     return records
 
 
