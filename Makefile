@@ -24,18 +24,22 @@ mm: $(VENV)/.mm-installed
 demo: venv
 	$(PY) tools/study.py --config configs/study_position_64.yaml --output study
 
-# README's dense figures: Mask R-CNN and UPerNet over the micro rope_mixed trunk, 3 seeds each, then both swept
-# over input sizes (rerunning resumes; outside make test)
+# README's dense figures (outside make test; rerunning resumes): Mask R-CNN over the micro rope_mixed trunk and
+# UPerNet over the micro rope_mixed, ape and decomposed trunks (flip; and large-scale jitter), 3 seeds each, then
+# every run swept over input sizes (about 70 minutes on 2 cores)
 DENSE_SIZES = 64 96 128 192 256 384 512
+DENSE_SEG_SCHEMES = rope_mixed ape decomposed
 dense: venv
 	for s in 0 1 2; do $(PY) tools/train_det.py --config configs/dense/maskrcnn_micro_128.yaml --seed $$s \
 	    --output dense/det/rope_mixed/seed$$s --resume --quiet || exit 1; done
-	for s in 0 1 2; do $(PY) tools/train_seg.py --config configs/dense/upernet_micro_128.yaml --seed $$s \
-	    --output dense/seg/rope_mixed/seed$$s --resume --quiet || exit 1; done
-	$(PY) tools/eval_dense.py --checkpoint dense/det/*/seed*/best.pth --eval-sizes $(DENSE_SIZES) \
-	    --strategy none pi yarn --output dense/det_sweep
-	$(PY) tools/eval_dense.py --checkpoint dense/seg/*/seed*/best.pth --eval-sizes $(DENSE_SIZES) \
-	    --strategy none pi yarn --output dense/seg_sweep
+	for m in $(DENSE_SEG_SCHEMES); do for s in 0 1 2; do $(PY) tools/train_seg.py \
+	    --config configs/dense/upernet_micro_128.yaml --model vitpe_micro_patch16_$${m}_64 --seed $$s \
+	    --output dense/seg/$$m/seed$$s --resume --quiet || exit 1; done; done
+	for m in $(DENSE_SEG_SCHEMES); do for s in 0 1 2; do $(PY) tools/train_seg.py \
+	    --config configs/dense/upernet_micro_128.yaml --augment lsj --model vitpe_micro_patch16_$${m}_64 \
+	    --seed $$s --output dense/seg_lsj/$$m/seed$$s --resume --quiet || exit 1; done; done
+	for run in det seg seg_lsj; do $(PY) tools/eval_dense.py --checkpoint dense/$$run/*/seed*/best.pth \
+	    --eval-sizes $(DENSE_SIZES) --strategy none pi yarn --output dense/$${run}_sweep || exit 1; done
 
 showcase: venv
 	$(PY) tools/showcase.py

@@ -189,6 +189,6 @@ def write_dense_results(records: Sequence[DenseRecord], folder: str) -> Dict[str
             mean, std = _mean_std([r.score for r in runs])
             points[s] = (mean, mean - std, mean + std) if len(runs) > 1 else (mean, None, None)
         lines[key] = (next(iter(by_res.values()))[0].train_res, points)
-    plot_lines(lines, paths['png'], f'{metric} against test size', xlabel='test size (pixels)',
-               train_name='training size')
+    plot_lines(lines, paths['png'], f'{metric} against test size (mean ± std over seeds)',
+               xlabel='test size (pixels)', train_name='training size', ylabel=metric)
     return paths

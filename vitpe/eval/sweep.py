@@ -232,10 +232,11 @@ def plot(records: Sequence[Record], path: str, title: str = 'Accuracy against te
 
 
 def plot_lines(lines: Dict[tuple, tuple], path: str, title: str = 'Accuracy against test resolution',
-               xlabel: str = 'test resolution (pixels)', train_name: str = 'training resolution') -> None:
+               xlabel: str = 'test resolution (pixels)', train_name: str = 'training resolution',
+               ylabel: str = 'accuracy') -> None:
     """``lines``: (label, strategy) -> (train_res, {res: (value, low, high)}); where low and high are
     given, a shaded band between them (the spread over seeds) is drawn around the line."""
-    plot_panels({'accuracy': lines}, path, title, xlabel, train_name)
+    plot_panels({ylabel: lines}, path, title, xlabel, train_name)
 
 
 def plot_panels(panels: Dict[str, Dict[tuple, tuple]], path: str, title: str,
