@@ -26,7 +26,7 @@ demo: venv
 
 # README's dense figures (outside make test; rerunning resumes): Mask R-CNN over the micro rope_mixed trunk and
 # UPerNet over the micro rope_mixed, ape and decomposed trunks (flip; and large-scale jitter), 3 seeds each, then
-# every run swept over input sizes (about 70 minutes on 2 cores)
+# every run swept over input sizes (about 65 minutes on 2 cores)
 DENSE_SIZES = 64 96 128 192 256 384 512
 DENSE_SEG_SCHEMES = rope_mixed ape decomposed
 dense: venv

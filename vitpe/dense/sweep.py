@@ -58,6 +58,7 @@ def load_dense(path: str, device=torch.device('cpu')):
     """(model in eval mode, its DenseConfig) of a dense training checkpoint (read with ``weights_only=True``)."""
     ckpt = read_checkpoint(path)
     cfg = DenseConfig.from_dict(ckpt['config'], source=f'checkpoint {path!r}')
+    cfg.backbone_checkpoint = None  # the weights are the dense checkpoint's (the classifier file need not exist)
     model = build(cfg)
     model.load_state_dict(ckpt['model'])
     return model.to(device).eval(), cfg
