@@ -81,7 +81,7 @@ def test_window_blocks_are_as_trained_under_any_strategy():
         assert not torch.allclose(model(x, strategy='pi+logit'), model(x), atol=1e-5)
 
 
-def test_detection_sweep_resizes_the_detector(tmp_path, tool):
+def test_detection_sweep_resizes_the_detector(tmp_path, tool, monkeypatch):
     eval_dense, train_det = tool('eval_dense'), tool('train_det')
     assert train_det.main(train_args(tmp_path / 'det', ['--detector-args', 'rpn_post_nms_top_n_train=50',
                                                         'box_batch_size_per_image=16'])) == 0
@@ -91,8 +91,17 @@ def test_detection_sweep_resizes_the_detector(tmp_path, tool):
     rows = read_csv(str(out / 'results.csv'))
     assert [(r['label'], r['seed'], r['res'], r['train_res'], r['metric']) for r in rows] == [
         ('det', '', '128', '64', 'bbox_AP50')]
+    import vitpe.dense.sweep as dense_sweep_module
+    seen, evaluate = [], dense_sweep_module.evaluate
+
+    def recording(model, loader, cfg, device):  # the detector's own input resize during each evaluation
+        seen.append((model.transform.min_size, model.transform.max_size, loader.dataset[0][0].shape[1:]))
+        return evaluate(model, loader, cfg, device)
+    monkeypatch.setattr(dense_sweep_module, 'evaluate', recording)
+    records = dense_sweep_module.dense_sweep([str(tmp_path / 'det' / 'best.pth')], [96, 128], samples=2,
+                                             data_dir=str(tmp_path / 'data'), progress=False)
+    assert seen == [((96,), 96, (96, 96)), ((128,), 128, (128, 128))] and [r.res for r in records] == [96, 128]
     model, _ = load_dense(str(tmp_path / 'det' / 'best.pth'))
-    assert model.transform.min_size == (64,) and model.transform.max_size == 64
     assert model.rpn._post_nms_top_n['training'] == 50 and model.roi_heads.fg_bg_sampler.batch_size_per_image == 16
 
 
