@@ -4,6 +4,8 @@ import os
 import numpy as np
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 import vitpe
 from vitpe.eval import read_csv
@@ -63,6 +65,25 @@ def test_study_trains_sweeps_and_skips_finished_runs(tmp_path, tool, capsys):
     assert {key: os.path.getmtime(out / 'runs' / key[0] / f'seed{key[1]}' / 'last.pth') for key in names} == stamps
 
 
+def test_study_numbers_do_not_depend_on_how_many_runs_go_at_once(tmp_path, tool):
+    """--jobs 2 trains and sweeps in two one-thread worker processes, --jobs 1 in this process with one thread:
+    the same weights, the same records in the same order."""
+    study = tool('study')
+    config = tmp_path / 'study.yaml'
+    config.write_text(TINY_STUDY.replace('controls:\n  synthetic:kind: [ape]\n', ''))
+    for jobs in ('1', '2'):
+        assert study.main(['--config', str(config), '--output', str(tmp_path / jobs), '--jobs', jobs]) == 0
+    timing = {'imgs_per_s', 'peak_mem_mb', 'checkpoint'}
+    one, two = ([{k: v for k, v in r.items() if k not in timing} for r in read_csv(tmp_path / j / 'results.csv')]
+                for j in ('1', '2'))
+    assert len(one) == 2 * 2 * (1 + 1 + 4) and one == two  # none, ape as trained, ape with 4 strategies
+    for name, seed in [('none', 0), ('ape', 1)]:
+        a, b = (load_file(str(tmp_path / j / 'runs' / name / f'seed{seed}' / 'model.safetensors')) for j in '12')
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(SystemExit):
+        study.main(['--config', str(config), '--output', str(tmp_path / '1'), '--jobs', '0'])
+
+
 def test_study_one_seed_gives_no_spread_and_seeds_are_distinct_runs(tmp_path, tool):
     study = tool('study')
     config = tmp_path / 'study.yaml'
@@ -100,7 +121,8 @@ def test_study_config_schemes_all_and_errors(tmp_path, tool):
     assert runs[0].config.output == str(tmp_path / 'runs' / runs[0].name / 'seed0') and runs[0].config.resume == 'auto'
     demo = study.load_study(os.path.join(ROOT, 'configs', 'study_position_64.yaml'))
     full = study.load_study(os.path.join(ROOT, 'configs', 'study_position_64_full.yaml'))
-    for key in ('task', 'model', 'train', 'seeds', 'resolutions', 'eval_samples', 'diagnostics', 'diagnostic_samples'):
+    for key in ('task', 'model', 'train', 'seeds', 'resolutions', 'eval_samples', 'diagnostics', 'diagnostic_samples',
+                'threads'):
         assert demo[key] == full[key], key  # one trunk and one recipe: the demo is a subset of the full study
     assert demo['seeds'] == 3 and full['schemes'] == 'all' and set(demo['schemes']) < set(entries)
     assert max(full['resolutions']) >= 5 * full['train']['img_size'] and min(full['resolutions']) < full['train']['img_size']
@@ -113,7 +135,8 @@ def test_study_config_schemes_all_and_errors(tmp_path, tool):
                           (TINY_STUDY.replace('schemes: [none, ape]', 'schemes: [none, rope2d]'),
                            r"unknown: \['rope2d'\]"),
                           (TINY_STUDY.replace('epochs: 1', 'epoch: 1'), r"\(train\) has unknown keys \['epoch'\]"),
-                          (TINY_STUDY.replace('_{scheme}_224', '_224'), 'must contain {scheme}')]:
+                          (TINY_STUDY.replace('_{scheme}_224', '_224'), 'must contain {scheme}'),
+                          (TINY_STUDY + 'threads: 0\n', 'threads must be a positive integer .*; got 0')]:
         config.write_text(text)
         with pytest.raises(ValueError, match=message):
             study.plan_runs(study.load_study(str(config)), str(tmp_path))

@@ -87,7 +87,7 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
           device: torch.device = torch.device('cpu'), progress: bool = True,
           labels: Optional[Sequence[str]] = None, seeds: Optional[Sequence[int]] = None,
           diagnostics: bool = False, diagnostic_samples: int = 256, protocol: str = 'crop',
-          frames: Optional[Sequence[int]] = None) -> List[Record]:
+          frames: Optional[Sequence[int]] = None, cache: Optional[Dict[tuple, tuple]] = None) -> List[Record]:
     """Evaluate every checkpoint at every resolution (video: and every number of ``frames``, default the
     training clip's) with no fine-tuning, under every strategy.
 
@@ -102,13 +102,16 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
 
     ``diagnostics``: also the attention entropy and distance per layer (``Record.diagnostics``), from a
     second, untimed pass over the first ``diagnostic_samples`` images (attention then computes its
-    probabilities explicitly, which would distort the timing)."""
+    probabilities explicitly, which would distort the timing).
+
+    ``cache``: a dict that keeps the rendered test images across calls (``vitpe.parallel.cached_sweep``); by default
+    they are made once per call."""
     check_protocol(protocol)
     resolutions = sorted(int(r) for r in resolutions)
     models = [load_model(p, device) for p in checkpoints]
     for model, _ in models:
         check_resolutions(model, resolutions, clip_frames(model, frames))
-    cache: Dict[tuple, tuple] = {}
+    cache = {} if cache is None else cache
     named = [ResolutionStrategy.parse(s).name for s in strategies if s != 'all']  # bad names raise here
     jobs = []
     for i, (path, (model, ckpt)) in enumerate(zip(checkpoints, models)):
@@ -148,7 +151,7 @@ def eval_images(cache: Dict[tuple, tuple], spec: str, ckpt, res: int, frames: Op
     folders of frames their val split, image folders through the checkpoint's evaluation transform."""
     builtin = spec.startswith(('synthetic', 'clips'))
     how = () if builtin or frames else eval_spec(ckpt, protocol, data)
-    key = (spec, res, frames) + how
+    key = (spec, res, frames, samples) + how
     if key not in cache:
         size = (frames, res, res) if frames else res
         cache[key] = materialize(eval_dataset(spec, res, samples, how) if how else

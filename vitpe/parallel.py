@@ -1,0 +1,78 @@
+"""Independent jobs (the runs of a study, their sweeps) in worker processes, each with a fixed number of torch
+threads.
+
+Small models use a few cores better as several one-thread processes than as one process with several threads
+(two one-thread runs of the study's micro ViT do 1.5x the work of one two-thread run on a 2-core machine). A
+job's numbers depend on its thread count (the order of float sums), never on how many jobs run beside it, so the
+thread count belongs to the recipe and the number of jobs to the machine.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+
+import torch
+from tqdm import tqdm
+
+_WORKER_CACHE: Dict[tuple, Any] = {}  # test images rendered once per worker process, for every sweep it runs
+
+
+def default_jobs(threads: int) -> int:
+    """As many jobs as the CPUs this process may use hold ``threads`` threads each (at least one)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    return max(1, cpus // max(1, threads))
+
+
+@contextmanager
+def torch_threads(threads: int):
+    """``torch.set_num_threads(threads)`` for the block, then the previous count again."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _call(job: Tuple[int, Callable, Any]) -> Tuple[int, Any]:
+    index, fn, item = job
+    return index, fn(item)
+
+
+def run_jobs(fn: Callable, items: Sequence, jobs: int, threads: int, desc: str, unit: str,
+             label: Optional[Callable[[Any], str]] = None) -> Iterator[Tuple[int, Any]]:
+    """Yield ``(index, fn(items[index]))`` as each finishes, with a progress bar over ``items``; ``jobs`` worker
+    processes (spawned: ``fn`` must be importable) with ``threads`` torch threads each, or this process when
+    ``jobs`` is 1."""
+    if jobs < 1 or threads < 1:
+        raise ValueError(f"jobs and threads must be at least 1; got jobs={jobs}, threads={threads}")
+    bar = tqdm(total=len(items), desc=desc, unit=unit)
+    try:
+        if jobs == 1 or len(items) <= 1:
+            try:
+                with torch_threads(threads):
+                    for index, item in enumerate(items):
+                        if label:
+                            bar.set_postfix_str(label(item))
+                        yield _call((index, fn, item))
+                        bar.update()
+            finally:
+                _WORKER_CACHE.clear()  # in this process the cache lives only as long as the jobs
+            return
+        context = multiprocessing.get_context('spawn')
+        with context.Pool(min(jobs, len(items)), initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+            for index, result in pool.imap_unordered(_call, [(i, fn, item) for i, item in enumerate(items)]):
+                if label:
+                    bar.set_postfix_str(f'finished {label(items[index])}')
+                yield index, result
+                bar.update()
+    finally:
+        bar.close()
+
+
+def cached_sweep(kwargs: Dict[str, Any]):
+    """``vitpe.eval.sweep(**kwargs)`` with this process's image cache: a worker renders each size once."""
+    from vitpe.eval.sweep import sweep
+    return sweep(**kwargs, cache=_WORKER_CACHE)
