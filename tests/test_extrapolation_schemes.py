@@ -171,25 +171,70 @@ UP = torch.tensor([[1, 1, 1, 0, 0, 0]] * 3 + [[1] * 6] * 3, dtype=torch.bool)  #
 RIGHT = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 1, 1, 0, 1, 1], [0, 0, 1, 0, 0, 1]] * 2, dtype=torch.bool)
 
 
+def lookhere(**options):
+    """LookHere with unit global and layer slopes (the slopes m_h alone), unless ``options`` say otherwise."""
+    return scheme('lookhere', **{'global_slope': 1.0, 'layer_slopes': (1.0, 1.0), **options})
+
+
 def test_lookhere_masks_and_penalties_on_a_2x3_grid():
-    got = bias_of(scheme('lookhere', directions='halves'), (2, 3))[0]
+    got = bias_of(lookhere(directions='halves'), (2, 3))[0]
     inf = torch.tensor(float('-inf'))
     torch.testing.assert_close(got[0], torch.where(UP, -0.5 * EUCLID_2x3, inf))  # head 0 looks up, slope 1/2
     torch.testing.assert_close(got[1], torch.where(UP.t(), -0.5 * EUCLID_2x3, inf))  # down: the transpose
     torch.testing.assert_close(got[3], torch.where(RIGHT, -0.5 * EUCLID_2x3, inf))
-    corners = bias_of(scheme('lookhere', directions='corners', heads=8, global_slope=2.0), (2, 3))[0]
+    corners = bias_of(lookhere(directions='corners', heads=8, global_slope=2.0), (2, 3))[0]
     # head 5: up-right, slope 2 x 2^-2; head 1 the same direction with slope 2 x 2^-1
     torch.testing.assert_close(corners[5], torch.where(UP & RIGHT, -0.5 * EUCLID_2x3, inf))
     torch.testing.assert_close(corners[1], torch.where(UP & RIGHT, -1.0 * EUCLID_2x3, inf))
-    tri = bias_of(scheme('lookhere', directions='triangles'), (2, 3))[0]
+    tri = bias_of(lookhere(directions='triangles'), (2, 3))[0]
     # head 1 looks down in the cone dy >= |dx|: from (0, 1) it sees itself and (1, 0), (1, 1), (1, 2)
     assert torch.isfinite(tri[1, 1]).tolist() == [False, True, False, True, True, True]
+    squared = bias_of(lookhere(directions='halves', distance='square'), (2, 3))[0]
+    torch.testing.assert_close(squared[0], torch.where(UP, -0.5 * EUCLID_2x3 ** 2, inf))
+
+
+# the 3 x 3 grid seen from its centre, keys row major: which of the 9 keys each field of view holds
+CENTRE_VIEWS = {('diagonals', 0): [1, 1, 1, 0, 1, 1, 0, 0, 1],  # the up cone or the right cone
+                ('eighths1', 0): [1, 1, 0, 0, 1, 0, 0, 0, 0],   # the up cone, left half: up to the up-left diagonal
+                ('eighths2', 3): [0, 0, 0, 0, 1, 1, 0, 0, 1],   # the right cone, lower half
+                ('none', 0): [1] * 9}
+
+
+@pytest.mark.parametrize('directions,head', list(CENTRE_VIEWS))
+def test_lookhere_45_and_180_degree_fields_of_view(directions, head):
+    got = bias_of(lookhere(directions=directions), (3, 3))[0, head, 4]
+    assert torch.isfinite(got).int().tolist() == CENTRE_VIEWS[(directions, head)]
+
+
+def test_lookhere_deals_heads_to_groups_as_the_reference():
+    from vitpe.pe.lookhere import deal_heads
+    groups = ['halves', 'diagonals', 'none']
+    assert [(g, i) for g, i, _ in deal_heads(groups, 12)] == [(g, i) for g in groups for i in range(4)]
+    assert [g for g, _, _ in deal_heads(groups[:2], 12)] == ['halves'] * 8 + ['diagonals'] * 4
+    assert [g for g, _, _ in deal_heads(groups, 16)] == ['halves'] * 8 + ['diagonals'] * 4 + ['none'] * 4
+    assert [(g, i) for g, i, _ in deal_heads(groups, 6)] == [('halves', i) for i in range(4)] + [
+        ('diagonals', 0), ('diagonals', 1)]
+    assert [(g, i) for g, i, _ in deal_heads(groups, 3)] == [('halves', 0), ('halves', 1), ('halves', 2)]
+    # the default is LH-180 with g = 2 and layer slopes 1.5 -> 0.5: at 12 heads, head 8 is the first 'none' head
+    # (no mask, slope 1/4) and head 4 the first 'diagonals' head (up or right, slope 1/2)
+    pe = scheme('lookhere', heads=12)
+    first, last = bias_of(pe, (2, 3), layer=0)[0], bias_of(pe, (2, 3), layer=1)[0]
+    torch.testing.assert_close(first[8], -2 * 1.5 * 0.25 * EUCLID_2x3)
+    torch.testing.assert_close(last[11], -2 * 0.5 / 256 * EUCLID_2x3)
+    assert torch.isfinite(first[4, 0]).tolist() == [True, True, True, False, True, True]  # from (0, 0)
+    zero = bias_of(lookhere(directions='corners-zero', heads=6), (2, 3))[0]
+    assert (zero[4:] == 0).all() and torch.isinf(zero[:4]).any()
+    for bad in ('lh60', 'halves-up', 'halves-'):
+        with pytest.raises(ValueError, match='lookhere: invalid directions'):
+            scheme('lookhere', directions=bad)
+    with pytest.raises(ValueError, match='lookhere: invalid distance'):
+        scheme('lookhere', distance='cube')
 
 
 def test_lookhere_layer_slopes_and_3d():
-    pe = scheme('lookhere', directions='halves', layer_slopes=(1.5, 0.5))
+    pe = lookhere(directions='halves', layer_slopes=(1.5, 0.5))
     torch.testing.assert_close(bias_of(pe, (2, 3), layer=1)[0, 0], torch.where(UP, -0.25 * EUCLID_2x3, -math.inf))
-    got = bias_of(scheme('lookhere', rank=3, directions='halves'), (2, 1, 2))[0]
+    got = bias_of(lookhere(rank=3, directions='halves'), (2, 1, 2))[0]
     # head 3 looks right: keys in column >= the query's, in every frame; distances over (t, row, col)
     visible = torch.tensor([[1, 1, 1, 1], [0, 1, 0, 1], [1, 1, 1, 1], [0, 1, 0, 1]], dtype=torch.bool)
     torch.testing.assert_close(got[3], torch.where(visible, -0.5 * EUCLID_3D, -math.inf))
@@ -267,7 +312,7 @@ def test_random_positions_are_sorted_distinct_per_axis_and_per_sample():
 
 @pytest.mark.parametrize('name', ['alibi', 'fire', 'kerple', 'lookhere'])
 def test_random_positions_in_training_only_and_the_same_draw_in_every_layer(name):
-    pe = scheme(name, random_positions=4)
+    pe = scheme(name, random_positions=4, **({'layer_slopes': (1., 1.)} if name == 'lookhere' else {}))
     pe.eval()
     eval_bias = bias_of(pe, (2, 3), batch=3)
     assert eval_bias.shape[0] == 1  # one bias for the batch: the grid's own positions
@@ -282,7 +327,7 @@ def test_random_positions_in_training_only_and_the_same_draw_in_every_layer(name
     assert first.shape == (3, 4, 7, 7)
     pos = st.positions.of_batch(3)
     assert pos.shape == (3, 6, 2) and st.positions.extents == (8, 12)
-    if name in ('alibi', 'lookhere'):  # parameter-free: the bias at the drawn positions, the same for each layer
+    if name in ('alibi', 'lookhere'):  # parameter-free (one layer slope): the drawn positions' bias in every layer
         torch.testing.assert_close(first, again)
     if name == 'alibi':
         d = (pos[:, :, None].float() - pos[:, None].float()).norm(dim=-1)
