@@ -48,7 +48,7 @@ def run_jobs(fn: Callable, items: Sequence, jobs: int, threads: int, desc: str, 
     ``jobs`` is 1."""
     if jobs < 1 or threads < 1:
         raise ValueError(f"jobs and threads must be at least 1; got jobs={jobs}, threads={threads}")
-    bar = tqdm(total=len(items), desc=desc, unit=unit)
+    bar = tqdm(total=len(items), desc=desc, unit=unit, smoothing=0)  # time left from the mean rate so far
     try:
         if jobs == 1 or len(items) <= 1:
             try:
