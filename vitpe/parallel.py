@@ -51,25 +51,23 @@ def run_jobs(fn: Callable, items: Sequence, jobs: int, threads: int, desc: str, 
     bar = tqdm(total=len(items), desc=desc, unit=unit, smoothing=0)  # time left from the mean rate so far
     try:
         if jobs == 1 or len(items) <= 1:
-            try:
-                with torch_threads(threads):
-                    for index, item in enumerate(items):
-                        if label:
-                            bar.set_postfix_str(label(item))
-                        yield _call((index, fn, item))
-                        bar.update()
-            finally:
-                _WORKER_CACHE.clear()  # in this process the cache lives only as long as the jobs
-            return
-        context = multiprocessing.get_context('spawn')
-        with context.Pool(min(jobs, len(items)), initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-            for index, result in pool.imap_unordered(_call, [(i, fn, item) for i, item in enumerate(items)]):
-                if label:
-                    bar.set_postfix_str(f'finished {label(items[index])}')
-                yield index, result
-                bar.update()
+            with torch_threads(threads):
+                for index, item in enumerate(items):
+                    if label:
+                        bar.set_postfix_str(label(item))
+                    yield _call((index, fn, item))
+                    bar.update()
+        else:
+            context = multiprocessing.get_context('spawn')
+            with context.Pool(min(jobs, len(items)), initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+                for index, result in pool.imap_unordered(_call, [(i, fn, item) for i, item in enumerate(items)]):
+                    if label:
+                        bar.set_postfix_str(f'finished {label(items[index])}')
+                    yield index, result
+                    bar.update()
     finally:
         bar.close()
+        _WORKER_CACHE.clear()  # images cached in this process (jobs = 1) live only as long as the jobs
 
 
 def cached_sweep(kwargs: Dict[str, Any]):
