@@ -8,8 +8,11 @@ thread count belongs to the recipe and the number of jobs to the machine.
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
@@ -36,6 +39,16 @@ def torch_threads(threads: int):
         torch.set_num_threads(before)
 
 
+def _start_worker(threads: int, parent: int) -> None:
+    """Pool initializer: the thread count, and on Linux the end of the worker with its parent (PR_SET_PDEATHSIG),
+    so that a study killed by a signal leaves no worker training a run the next invocation resumes."""
+    torch.set_num_threads(threads)
+    if sys.platform.startswith('linux'):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the call
+            os._exit(1)
+
+
 def _call(job: Tuple[int, Callable, Any]) -> Tuple[int, Any]:
     index, fn, item = job
     return index, fn(item)
@@ -59,7 +72,8 @@ def run_jobs(fn: Callable, items: Sequence, jobs: int, threads: int, desc: str, 
                     bar.update()
         else:
             context = multiprocessing.get_context('spawn')
-            with context.Pool(min(jobs, len(items)), initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+            with context.Pool(min(jobs, len(items)), initializer=_start_worker,
+                              initargs=(threads, os.getpid())) as pool:
                 for index, result in pool.imap_unordered(_call, [(i, fn, item) for i, item in enumerate(items)]):
                     if label:
                         bar.set_postfix_str(f'finished {label(items[index])}')
