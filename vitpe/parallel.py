@@ -79,6 +79,8 @@ def run_jobs(fn: Callable, items: Sequence, jobs: int, threads: int, desc: str, 
                         bar.set_postfix_str(f'finished {label(items[index])}')
                     yield index, result
                     bar.update()
+                pool.close()  # all done: let the workers exit and the pool free its semaphores
+                pool.join()
     finally:
         bar.close()
         _WORKER_CACHE.clear()  # images cached in this process (jobs = 1) live only as long as the jobs
