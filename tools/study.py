@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The resolution study (README's main job): train a small model per positional scheme on the built-in
-position task at a small resolution, then evaluate every one at resolutions from 0.75x to 2.5x the
-training size with no fine-tuning, and print the table and write the plot.
+position task at a small resolution, then evaluate every one at the config's resolutions (0.5x to 5x the
+training size in configs/study_position_64.yaml) with no fine-tuning, and print the tables and write the plots.
 
     python tools/study.py --config configs/study_position_64.yaml --output study
     python tools/study.py --schemes ape rope_mixed --output study_two     # only these schemes
@@ -21,9 +21,9 @@ threads per run, default 1: part of the recipe, since float results depend on it
 numbers; ``summary.csv`` and the table give mean, standard deviation (ddof=1) and number of seeds per cell.
 
 ``--jobs N`` trains (and evaluates) N runs at once, each in its own process with ``threads`` threads (default:
-the CPU count // threads). Small models use two cores better as two one-thread runs than as one two-thread run
-(about 1.5x on this 2-core machine); the numbers do not depend on N. Throughput columns of the CSV
-(imgs_per_s) are then measured on a shared CPU.
+the CPU count // threads). Small models use two cores better as two one-thread runs than as one two-thread
+run (about 1.4x the updates per second on this 2-core machine); the numbers do not depend on N. Throughput
+columns of the CSV (imgs_per_s) are then measured on a shared CPU.
 """
 import argparse
 import os

@@ -2,8 +2,8 @@
 threads.
 
 Small models use a few cores better as several one-thread processes than as one process with several threads
-(two one-thread runs of the study's micro ViT do 1.5x the work of one two-thread run on a 2-core machine). A
-job's numbers depend on its thread count (the order of float sums), never on how many jobs run beside it, so the
+(two one-thread runs of the study's micro ViT side by side make about 1.4x the updates per second of one
+two-thread run on a 2-core machine). A job's numbers depend on its thread count (the order of float sums), never on how many jobs run beside it, so the
 thread count belongs to the recipe and the number of jobs to the machine.
 """
 from __future__ import annotations
