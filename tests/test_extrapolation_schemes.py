@@ -224,7 +224,7 @@ def test_lookhere_deals_heads_to_groups_as_the_reference():
     assert torch.isfinite(first[4, 0]).tolist() == [True, True, True, False, True, True]  # from (0, 0)
     zero = bias_of(lookhere(directions='corners-zero', heads=6), (2, 3))[0]
     assert (zero[4:] == 0).all() and torch.isinf(zero[:4]).any()
-    for bad in ('lh60', 'halves-up', 'halves-'):
+    for bad in ('lh60', 'halves-up', 'halves-', 'lh180-none'):  # a named model is not a set within groups
         with pytest.raises(ValueError, match='lookhere: invalid directions'):
             scheme('lookhere', directions=bad)
     with pytest.raises(ValueError, match='lookhere: invalid distance'):

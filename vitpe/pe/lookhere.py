@@ -55,23 +55,21 @@ DISTANCES = ('linear', 'sqrt', 'square')
 NONE_SLOPES = (1 / 4, 1 / 16, 1 / 64, 1 / 256)
 
 
-def field_of_view(directions: str, head: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-    """Whether a key at offset (dy, dx) from the query (key minus query) is in the field of view of the ``head``-th
-    head of a group of set ``directions``."""
+def fields_of_view(directions: str, dy: torch.Tensor, dx: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """The four fields of view of set ``directions`` (head i of a group looks through the (i mod 4)-th): whether a
+    key at offset (dy, dx) from the query (key minus query) is in it."""
+    if directions in ('none', 'zero'):
+        return (torch.ones_like(dy, dtype=torch.bool),) * 4
     up, down, left, right = dy <= 0, dy >= 0, dx <= 0, dx >= 0
     t_up, t_down, t_left, t_right = dy <= -dx.abs(), dy >= dx.abs(), dx <= -dy.abs(), dx >= dy.abs()
-    d = head % 4
-    views = {
+    return {
         'halves': (up, down, left, right),
         'diagonals': (t_up | t_right, t_up | t_left, t_down | t_right, t_down | t_left),
         'corners': (up & left, up & right, down & left, down & right),
         'triangles': (t_up, t_down, t_left, t_right),
         'eighths1': (t_up & left, t_down & left, t_left & up, t_right & up),
         'eighths2': (t_up & right, t_down & right, t_left & down, t_right & down),
-    }
-    if directions in ('none', 'zero'):
-        return torch.ones_like(up)
-    return views[directions][d]
+    }[directions]
 
 
 def deal_heads(groups: List[str], num_heads: int) -> List[Tuple[str, int, int]]:
@@ -109,8 +107,9 @@ class LookHere(OffsetBiasPE):
                  random_positions: float = 0., **common):
         super().__init__(random_positions=random_positions, **common)
         groups = VARIANTS.get(directions, directions).split('-') if isinstance(directions, str) else [directions]
-        for group in groups:
-            check_choice(self.name, 'directions', group, DIRECTION_SETS + tuple(VARIANTS))
+        if any(group not in DIRECTION_SETS for group in groups):
+            raise ValueError(f"lookhere: invalid directions={directions!r}; expected one of {list(VARIANTS)}, a set "
+                             f"of {list(DIRECTION_SETS)}, or sets joined by '-'")
         check_choice(self.name, 'distance', distance, DISTANCES)
         check_positive(self.name, 'global_slope', global_slope)
         if not isinstance(layer_slopes, (tuple, list)) or len(layer_slopes) != 2:
@@ -130,9 +129,9 @@ class LookHere(OffsetBiasPE):
         dist = pair_distance(offsets)
         dist = {'linear': dist, 'sqrt': dist.sqrt(), 'square': dist.square()}[self.distance]
         dy, dx = -offsets[:, -2], -offsets[:, -1]  # offsets are query minus key
+        views = {group: fields_of_view(group, dy, dx) for group, _, _ in self.heads}  # once per set, not per head
         rows = []
         for group, index, size in self.heads:
             slope = self.global_slope * self.layer_slope(layer) * head_slope(group, index, size)
-            rows.append(torch.where(field_of_view(group, index, dy, dx), -slope * dist,
-                                    torch.full_like(dist, float('-inf'))))
+            rows.append(torch.where(views[group][index % 4], -slope * dist, torch.full_like(dist, float('-inf'))))
         return torch.stack(rows)
