@@ -92,11 +92,11 @@ def test_learning_record_and_summary(tmp_path):
     logs = []
     for seed, accs in enumerate([(0.3, 0.92, 0.97), (0.25, 0.5, 0.8), (0.9, 0.95, 0.99)]):
         path = tmp_path / f'log{seed}.jsonl'
-        path.write_text(''.join(json.dumps({'epoch': e + 1, 'updates': 100 * (e + 1), 'val_acc': a}) + '\n'
-                                for e, a in enumerate(accs)))
+        path.write_text(''.join(json.dumps({'epoch': e + 1, 'updates': 100 * (e + 1), 'val_acc': a,
+                                            'epoch_time_s': 10.0 + seed}) + '\n' for e, a in enumerate(accs)))
         logs.append(learning_record('ape', seed, str(path)))
-    assert [(r.final_val_acc, r.updates, r.updates_to_reach) for r in logs] == [
-        (0.97, 300, 200), (0.8, 300, None), (0.99, 300, 100)]
+    assert [(r.final_val_acc, r.updates, r.updates_to_reach, r.train_time_s) for r in logs] == [
+        (0.97, 300, 200, 30.0), (0.8, 300, None, 33.0), (0.99, 300, 100, 36.0)]  # time: the epochs' sum
     mean, std, learned, reach = learning_summary(logs)['ape']
     assert mean == pytest.approx((0.97 + 0.8 + 0.99) / 3) and not learned and reach == [200, None, 100]
     assert std == pytest.approx(torch.tensor([0.97, 0.8, 0.99]).std().item())

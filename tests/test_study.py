@@ -61,8 +61,20 @@ def test_study_trains_sweeps_and_skips_finished_runs(tmp_path, tool, capsys):
     assert 'updates to reach 0.9, per seed' in printed
     names = [(name, seed) for name in ('none', 'ape', 'ape-kind') for seed in (0, 1)]
     stamps = {key: os.path.getmtime(out / 'runs' / key[0] / f'seed{key[1]}' / 'last.pth') for key in names}
-    assert study.main(['--config', str(config), '--output', str(out), '--schemes', 'ape']) == 0  # nothing retrained
+    # one epoch on 32 scenes learns nothing: every label is marked in the resolution table
+    assert '| none (not learned) | none |' in printed and '| ape (not learned) | ape |' in printed
+    assert 'training time summed over every invocation' in printed
+    stored = {p: os.path.getmtime(p) for p in out.glob('runs/*/seed*/sweep_*.json')}
+    assert len(stored) == len(names) + 2  # as trained for each run, and ape's strategies for each seed
+    first = (out / 'results.csv').read_text()
+    assert study.main(['--config', str(config), '--output', str(out)]) == 0  # nothing retrained, nothing re-swept
     assert {key: os.path.getmtime(out / 'runs' / key[0] / f'seed{key[1]}' / 'last.pth') for key in names} == stamps
+    assert {p: os.path.getmtime(p) for p in stored} == stored and (out / 'results.csv').read_text() == first
+    assert '8 of 8 sweeps already done' in capsys.readouterr().out
+    config.write_text(TINY_STUDY.replace('warmup_steps: 1', 'warmup_steps: 2'))  # another recipe, same folder
+    with pytest.raises(ValueError, match=r"runs/none/seed0 holds a run of another recipe \(warmup_steps: 1 there, "
+                                         r"2 now\): delete it"):
+        study.main(['--config', str(config), '--output', str(out)])
 
 
 def test_study_numbers_do_not_depend_on_how_many_runs_go_at_once(tmp_path, tool):

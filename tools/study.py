@@ -40,7 +40,8 @@ import vitpe
 from vitpe.checkpoint import load_checkpoint
 from vitpe.config import TrainConfig, read_yaml
 from vitpe.eval import STRATEGIES, summarize, summary_markdown, sweep, write_csv, write_summary
-from vitpe.eval.learning import learning_markdown, learning_record
+from vitpe.eval.learning import learning_markdown, learning_record, learning_summary
+from vitpe.eval.stored import read_stored, sweep_key, write_stored
 from vitpe.parallel import cached_sweep, default_jobs, run_jobs
 from vitpe.training import train
 
@@ -134,9 +135,23 @@ def plan_runs(study: Dict[str, Any], output: str, schemes: Optional[List[str]] =
     return runs
 
 
+NOT_RECIPE = ('output', 'resume', 'quiet', 'workers')  # TrainConfig fields that do not change what a run learns
+
+
 def run_done(run: StudyRun) -> bool:
+    """Whether the run finished its epochs; a run trained (or begun) with another recipe raises ValueError
+    naming the fields that differ, rather than being kept, or resumed under a recipe it did not start with."""
     path = os.path.join(run.config.output, 'last.pth')
-    return os.path.exists(path) and load_checkpoint(path)['epoch'] + 1 >= run.config.epochs
+    if not os.path.exists(path):
+        return False
+    ckpt = load_checkpoint(path)
+    stored, wanted = ckpt.get('config') or {}, run.config.to_dict()
+    changed = [f"{k}: {stored[k]!r} there, {wanted[k]!r} now" for k in wanted
+               if k not in NOT_RECIPE and k in stored and stored[k] != wanted[k]]
+    if changed:
+        raise ValueError(f"{run.config.output} holds a run of another recipe ({'; '.join(changed)}): delete it to "
+                         f"train it again, or give another --output")
+    return ckpt['epoch'] + 1 >= run.config.epochs
 
 
 def train_all(runs: List[StudyRun], started: float, jobs: int, threads: int) -> None:
@@ -160,18 +175,30 @@ def evaluate_all(study: Dict[str, Any], runs: List[StudyRun], jobs: int, threads
                   diagnostics=bool(study.get('diagnostics', True)), frames=study.get('frames'),  # video: frame counts
                   diagnostic_samples=int(study.get('diagnostic_samples', 256)))
     tasks = [dict(common, checkpoints=[os.path.join(r.config.output, 'best.pth')], strategies=['none'],
-                  labels=[r.name], seeds=[r.seed]) for r in runs]
+                  labels=[r.name], seeds=[r.seed], store=os.path.join(r.config.output, 'sweep_none.json'))
+             for r in runs]
     # every single strategy but 'none' (swept above); those that do not apply are skipped per scheme
     others = [s for s in STRATEGIES if s != 'none']
-    tasks += [dict(task, strategies=others) for task, r in zip(list(tasks), runs)
+    tasks += [dict(task, strategies=others, store=os.path.join(r.config.output, 'sweep_strategies.json'))
+              for task, r in zip(list(tasks), runs)
               if r.scheme in (study.get('strategy_schemes') or []) and r.task == study['task']]
     records: List[list] = [[] for _ in tasks]
 
     def label(task):
         return f"{task['labels'][0]} seed {task['seeds'][0]}" + (' strategies' if task['strategies'] == others else '')
 
-    for index, result in run_jobs(cached_sweep, tasks, jobs, threads, 'study: sweep', 'checkpoint', label=label):
-        records[index] = result
+    stores = [task.pop('store') for task in tasks]
+    keys = [sweep_key(task) for task in tasks]
+    records: List[Optional[list]] = [read_stored(path, key) for path, key in zip(stores, keys)]
+    todo = [i for i, stored in enumerate(records) if stored is None]
+    if len(todo) < len(tasks):
+        tqdm.write(f"{len(tasks) - len(todo)} of {len(tasks)} sweeps already done (same sweep of the same "
+                   "checkpoint): kept")
+    for index, result in run_jobs(cached_sweep, [tasks[i] for i in todo], jobs, threads, 'study: sweep',
+                                  'checkpoint', label=label):
+        i = todo[index]
+        write_stored(stores[i], keys[i], result)  # as each finishes: an interrupted study keeps it
+        records[i] = result
     return [r for part in records for r in part]
 
 
@@ -192,17 +219,20 @@ def main(argv=None) -> int:
     started = time.time()
     train_all(runs, started, jobs, threads)
     records = evaluate_all(study, runs, jobs, threads)
-    paths = write_summary(records, args.output)
     learning = [learning_record(r.name, r.seed, os.path.join(r.config.output, 'log.jsonl')) for r in runs]
+    unlearned = [label for label, (_, _, learned, _) in learning_summary(learning).items() if not learned]
+    paths = write_summary(records, args.output, unlearned)
     paths['learning.csv'] = os.path.join(args.output, 'learning.csv')
     write_csv(learning, paths['learning.csv'])
     n_seeds = len({r.seed for r in runs})
     n_main = len({r.name for r in runs if r.task == study['task']})
     n_controls = len({r.name for r in runs}) - n_main
+    train_min = sum(r.train_time_s for r in learning) / 60
     print(f"\nResolution study: {n_main} schemes on {study['task']}, trained at {runs[0].config.img_size} px, "
-          f"{n_controls} control runs, {n_seeds} seeds each; {(time.time() - started) / 60:.1f} min\n")
+          f"{n_controls} control runs, {n_seeds} seeds each; this invocation {(time.time() - started) / 60:.1f} min; "
+          f"the runs' training time summed over every invocation {train_min:.1f} min ({jobs} at once now)\n")
     print(learning_markdown(learning))
-    print(summary_markdown(summarize(records)))
+    print(summary_markdown(summarize(records), unlearned))
     print('wrote ' + ', '.join(paths.values()))
     return 0
 

@@ -18,13 +18,15 @@ LEARNED = 0.95
 
 @dataclass
 class LearningRecord:
-    """One run: its final validation accuracy and the first update count at which it reached ``REACHED``
-    (None: never, within ``updates``)."""
+    """One run: its final validation accuracy, the first update count at which it reached ``REACHED``
+    (None: never, within ``updates``) and its training time (the sum of its epochs' times, over every invocation
+    that trained a part of it)."""
     label: str
     seed: int
     final_val_acc: float
     updates: int
     updates_to_reach: Optional[int]
+    train_time_s: float = 0.0
 
 
 def learning_record(label: str, seed: int, log_path: str, reached: float = REACHED) -> LearningRecord:
@@ -35,7 +37,8 @@ def learning_record(label: str, seed: int, log_path: str, reached: float = REACH
     if not rows:
         raise ValueError(f"the training log {log_path} has no epochs")
     first = next((r['updates'] for r in rows if r['val_acc'] >= reached), None)
-    return LearningRecord(label, seed, rows[-1]['val_acc'], rows[-1]['updates'], first)
+    return LearningRecord(label, seed, rows[-1]['val_acc'], rows[-1]['updates'], first,
+                          sum(r.get('epoch_time_s', 0.0) for r in rows))
 
 
 def learning_summary(records: Sequence[LearningRecord]) -> Dict[str, Tuple[float, Optional[float], bool, List]]:

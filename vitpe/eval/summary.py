@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import statistics
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Collection, Dict, List, Optional, Sequence
 
 from .diagnostics import DIAGNOSTICS, DIAGNOSTICS_HEADER
 from .sweep import Record, plot_lines, plot_panels, sweep_axis, write_csv
@@ -73,9 +73,11 @@ def _cell(row: Optional[SummaryRow]) -> str:
     return f"{row.mean:.3f}{spread}{'*' if row.res == row.train_res else ''}"
 
 
-def summary_markdown(rows: Sequence[SummaryRow]) -> str:
+def summary_markdown(rows: Sequence[SummaryRow], unlearned: Collection[str] = ()) -> str:
     """Rows: label and strategy; columns: resolutions; cells: ``mean ± std`` over the seeds (* at the
-    training resolution); the seeds column gives the number of seeds (fewest over the row's cells)."""
+    training resolution); the seeds column gives the number of seeds (fewest over the row's cells). Labels in
+    ``unlearned`` (a study's runs that did not learn the task at the training size, ``vitpe.eval.learning``) are
+    marked "(not learned)": their accuracy at other sizes says little about extrapolation."""
     resolutions = sorted({r.res for r in rows})
     frames = bool(rows) and rows[0].axis == 'frames'
     head = [f'{r} frames' if frames else str(r) for r in resolutions]
@@ -85,7 +87,8 @@ def summary_markdown(rows: Sequence[SummaryRow]) -> str:
         first = next(iter(by_res.values()))
         seeds = min(r.n_seeds for r in by_res.values())
         cells = [_cell(by_res.get(res)) for res in resolutions]
-        lines.append(f'| {label} | {first.scheme} | {strategy} | {train_res} | {seeds} | ' + ' | '.join(cells) + ' |')
+        name = f'{label} (not learned)' if label in unlearned else label
+        lines.append(f'| {name} | {first.scheme} | {strategy} | {train_res} | {seeds} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
 
 
@@ -118,9 +121,9 @@ per-seed values: results.csv; a rerun reproduces a cell when its mean lies withi
 entropy_norm, entropy, distance: attention diagnostics, mean over layers then over seeds (see results.csv for the per-layer values)"""
 
 
-def write_summary(records: Sequence[Record], folder: str) -> Dict[str, str]:
-    """``results.csv`` (per seed), ``summary.csv``, ``results.md`` (the summary table), ``resolution.png``
-    and, when the records have diagnostics, ``diagnostics.png``."""
+def write_summary(records: Sequence[Record], folder: str, unlearned: Collection[str] = ()) -> Dict[str, str]:
+    """``results.csv`` (per seed), ``summary.csv``, ``results.md`` (the summary table; ``unlearned`` labels
+    marked, ``summary_markdown``), ``resolution.png`` and, when the records have diagnostics, ``diagnostics.png``."""
     os.makedirs(folder, exist_ok=True)
     names = ('results.csv', 'summary.csv', 'results.md', 'resolution.png')
     has_diagnostics = all(r.diagnostics is not None for r in records)
@@ -129,7 +132,7 @@ def write_summary(records: Sequence[Record], folder: str) -> Dict[str, str]:
     write_csv(records, paths['results.csv'], header=DIAGNOSTICS_HEADER if has_diagnostics else None)
     write_csv(rows, paths['summary.csv'], header=SUMMARY_HEADER)
     with open(paths['results.md'], 'w') as f:
-        f.write(summary_markdown(rows))
+        f.write(summary_markdown(rows, unlearned))
     plot_summary(rows, paths['resolution.png'])
     if has_diagnostics:
         plot_diagnostics(rows, paths['diagnostics.png'])
