@@ -25,7 +25,7 @@ NEW_DEFAULTS = {
     'layer_decay': None, 'grad_accum_steps': 1, 'warmup_epochs': None, 'lr_base': None, 'lr_base_size': 256,
     'bce_loss': False, 'bce_target_thresh': None, 'channels_last': False, 'pretrained': False,
     'pretrained_path': None,
-    'num_frames': None,  # video (issue 11)
+    'num_frames': None, 'inflation': 'central',  # video (issue 11)
     'drop_path_mode': 'linear', 'opt_eps': None,
 }
 

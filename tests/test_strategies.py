@@ -42,17 +42,18 @@ def test_position_interpolation_maps_test_coordinates_into_the_training_range():
 
 def test_ntk_lowers_frequencies_and_keeps_the_highest():
     pe = tiny('rope_axial').pos_enc
+    axis = pe.pair_axis[pe.pair_axis == 1]
     freqs = pe.freqs[pe.pair_axis == 1]  # the column's ladder (the row's is the same)
     grid = Grid((16, 16), 1)
     torch.testing.assert_close(pe.scale_freqs(freqs, grid), freqs)
-    ntk = pe.scale_freqs(freqs, grid, S('ntk'))
+    ntk = pe.scale_freqs(freqs, grid, S('ntk'), axis)
     d = 2 * len(freqs)
     # theta' = theta * s^(d/(d-2)): frequency k of n becomes theta'^(-k/n)
     n = len(freqs)
     expected = (pe.theta * 2 ** (d / (d - 2))) ** (-torch.arange(n) / n)
     torch.testing.assert_close(ntk, expected)
     assert ntk[0] == freqs[0] and (ntk[1:] < freqs[1:]).all()
-    torch.testing.assert_close(pe.scale_freqs(freqs, Grid((8, 8), 1), S('ntk')), freqs)  # at the training grid
+    torch.testing.assert_close(pe.scale_freqs(freqs, Grid((8, 8), 1), S('ntk'), axis), freqs)  # at the training grid
 
 
 def test_yarn_keeps_fast_frequencies_and_interpolates_slow_ones():

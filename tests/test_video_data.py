@@ -1,4 +1,4 @@
-"""Clips: moving shapes in continuous time (any frame count and size), the direction task needing temporal order,
+"""Clips: moving shapes in continuous time (any frame count and size), the order and direction tasks needing temporal order,
 folders of frames; training a video model on clips, resuming, and the frame sweep."""
 import json
 import os
@@ -10,7 +10,7 @@ from PIL import Image
 
 from vitpe.data import SyntheticClips, build_dataset, make_clip, render_clip
 from vitpe.data.clips import DIRECTIONS, FrameFolder, frame_times
-from vitpe.data.synthetic import render
+from vitpe.data.synthetic import COLOURS, render
 
 
 def test_clips_render_at_any_frame_count_and_size():
@@ -47,12 +47,41 @@ def test_direction_needs_temporal_order(seed):
             assert s.radius - 1e-9 <= s.cx <= 1 - s.radius + 1e-9 and s.radius - 1e-9 <= s.cy <= 1 - s.radius + 1e-9
 
 
+def seen(clip, colour, frames):
+    """The frames (of ``frames``) in which the shape of ``colour`` is seen."""
+    return [k for k, t in enumerate(frame_times(frames)) if any(s.colour == COLOURS[colour] for s in clip.at(t).shapes)]
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2, 3, 7])
+def test_order_needs_the_order_of_distant_frames(seed):
+    """Red or blue first: played backwards, a clip is one of the other label (the same frames, reversed); each of
+    the two is seen in one run of frames, never in the first or last frame, and at 4 frames or more the first
+    frames of the two differ, so the label is in every frame count the study tests; the others are always seen."""
+    clip = make_clip('order', seed)
+    back = clip.reversed('order')
+    assert back.label == 1 - clip.label
+    forward, backward = render_clip(clip, 8, (32, 32)), render_clip(back, 8, (32, 32))
+    torch.testing.assert_close(backward, forward.flip(1), atol=1e-4, rtol=0)
+    n = len(clip.scene.shapes)
+    for frames in (4, 8, 16, 32):
+        red, blue = seen(clip, 'red', frames), seen(clip, 'blue', frames)
+        for run in (red, blue):
+            assert run and run == list(range(run[0], run[-1] + 1)) and 0 < run[0] and run[-1] < frames - 1
+        assert (red[0] > blue[0]) == bool(clip.label) and red[0] != blue[0]
+        assert abs(len(red) - len(blue)) <= 1  # windows of one length: the count of frames says nothing
+        assert all(len(clip.at(t).shapes) >= n - 2 for t in frame_times(frames))
+    others = [s.colour for s in clip.scene.shapes[2:]]
+    assert COLOURS['red'] not in others and COLOURS['blue'] not in others
+
+
 def test_control_task_and_label_balance():
     kinds = [make_clip('kind', s) for s in range(8)]
     for clip in kinds:  # the kind of the red shape: any frame shows it, reversing changes nothing
         assert clip.label == clip.scene.categories[0] and clip.reversed('kind').label == clip.label
     labels = np.bincount([make_clip('direction', s).label for s in range(400)], minlength=4)
     assert labels.min() > 70  # about 100 of each direction
+    assert 170 < sum(make_clip('order', s).label for s in range(400)) < 230  # about 200 of each
+    assert SyntheticClips().classes == ['red_first', 'blue_first']  # the default task
     with pytest.raises(ValueError, match="unknown clip task 'speed'"):
         make_clip('speed', 0)
 
@@ -92,6 +121,11 @@ def test_train_resume_and_frame_sweep_on_clips(tmp_path, tool):
     ckpt = torch.load(out / 'last.pth', weights_only=True)
     assert ckpt['model_kwargs'] == {'depth': 1, 'num_frames': 4} and ckpt['config']['num_frames'] == 4
     assert ckpt['model']['patch_embed.proj.weight'].shape == (128, 3, 2, 16, 16)
+    # resumed without --num-frames (its model arguments given again): it goes on with its 4-frame clips
+    no_frames = [a for i, a in enumerate(args) if a != '--num-frames' and args[i - 1] != '--num-frames']
+    assert tool('train').main(no_frames + ['--epochs', '3', '--resume']) == 0
+    ckpt = torch.load(out / 'last.pth', weights_only=True)
+    assert ckpt['epoch'] == 2 and ckpt['config']['num_frames'] == 4 and ckpt['model_kwargs']['num_frames'] == 4
 
     sweep_dir = tmp_path / 'sweep'
     assert tool('eval_resolution').main(['--checkpoint', str(out / 'best.pth'), '--resolutions', '32', '--frames',
@@ -108,7 +142,7 @@ def test_train_resume_and_frame_sweep_on_clips(tmp_path, tool):
 
 
 TINY_VIDEO_STUDY = """
-task: clips:direction
+task: clips:order
 model: vitpe_micro_patch16_{scheme}_video_8x64
 model_kwargs: {depth: 1, embed_dim: 32, num_heads: 2}
 schemes: [none, rope_axial]
@@ -125,7 +159,7 @@ def test_tiny_video_study(tmp_path, tool, capsys):
     """tools/study.py runs a video study (configs/study_video_*.yaml) and summarises it along frames."""
     import yaml
     shipped = yaml.safe_load(open(os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs',
-                                               'study_video_direction_8x64.yaml')))
+                                               'study_video_order_8x32.yaml')))
     assert tool('study').plan_runs(dict(shipped, source='shipped'), str(tmp_path / 'plan'))[0].config.num_frames == 8
     config = tmp_path / 'study.yaml'
     config.write_text(TINY_VIDEO_STUDY)
@@ -138,7 +172,7 @@ def test_tiny_video_study(tmp_path, tool, capsys):
     assert all(line.count('*') == 1 for line in table.splitlines()[2:])  # the training clip: 4 frames
 
 
-def test_fine_tune_an_image_checkpoint_on_clips(tmp_path, tool):
+def test_fine_tune_an_image_checkpoint_on_clips(tmp_path, tool, capsys):
     """--initial-checkpoint of an image run starts a video run: the checkpoint is inflated on load."""
     import timm
     image = timm.create_model('vitpe_micro_patch16_rope_mixed_64', num_classes=4, depth=1)
@@ -147,7 +181,7 @@ def test_fine_tune_an_image_checkpoint_on_clips(tmp_path, tool):
                 'model_kwargs': {'depth': 1}, 'img_size': 64, 'num_classes': 4}, path)
     out = tmp_path / 'video'
     assert tool('train').main(['--initial-checkpoint', str(path), '--model', 'vitpe_micro_patch16_rope_mixed_video_8x64',
-                               '--data', 'clips:direction', '--img-size', '32', '--num-frames', '4', '--epochs', '1',
+                               '--data', 'clips:order', '--img-size', '32', '--num-frames', '4', '--epochs', '1',
                                '--train-samples', '16', '--val-samples', '8', '--batch-size', '8', '--lr', '1e-9',
                                '--warmup-steps', '1', '--output', str(out), '--quiet']) == 0
     video = torch.load(out / 'last.pth', weights_only=True)['model']
@@ -155,6 +189,21 @@ def test_fine_tune_an_image_checkpoint_on_clips(tmp_path, tool):
     kernel = video['patch_embed.proj.weight']  # central-frame inflation, then two updates of lr at most 1e-5
     torch.testing.assert_close(kernel[:, :, 1], image.patch_embed.proj.weight.detach(), atol=1e-4, rtol=0)
     assert kernel[:, :, 0].abs().max() < 1e-4 < image.patch_embed.proj.weight.abs().max()
+    # --inflation average: the kernel / t on each frame of the tubelet (I3D)
+    args = ['--initial-checkpoint', str(path), '--model', 'vitpe_micro_patch16_rope_mixed_video_8x64', '--data',
+            'clips:order', '--img-size', '32', '--num-frames', '4', '--epochs', '1', '--train-samples', '16',
+            '--val-samples', '8', '--batch-size', '8', '--lr', '1e-9', '--warmup-steps', '1', '--quiet']
+    assert tool('train').main(args + ['--inflation', 'average', '--output', str(tmp_path / 'avg')]) == 0
+    kernel = torch.load(tmp_path / 'avg' / 'last.pth', weights_only=True)['model']['patch_embed.proj.weight']
+    for frame in (0, 1):
+        torch.testing.assert_close(kernel[:, :, frame], image.patch_embed.proj.weight.detach() / 2, atol=1e-4, rtol=0)
+    from vitpe.config import TrainConfig, check_values
+    with pytest.raises(ValueError, match="inflation must be 'central' or 'average', got 'middle'"):
+        check_values(TrainConfig(inflation='middle'))
+    # frame counts for an image checkpoint: a clear error, not a sweep that ignores them
+    assert tool('eval_resolution').main(['--checkpoint', str(path), '--resolutions', '64', '--frames', '4', '8',
+                                         '--output', str(tmp_path / 'sweep')]) == 2
+    assert f"frame counts [4, 8] apply to video checkpoints; {path} holds an image model" in capsys.readouterr().err
 
 
 def test_video_files_through_pyav(tmp_path):

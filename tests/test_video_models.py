@@ -156,15 +156,24 @@ def test_one_frame_equals_the_image_model_on_the_same_weights(scheme, opts):
             torch.testing.assert_close(clip(x[:, :, None]), image(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('scheme', ['sincos', 'rope_axial'])
+@pytest.mark.parametrize('scheme', ['sincos', 'rope_axial', 'xpos'])
 def test_one_frame_where_the_3d_form_does_not_reduce(scheme):
-    """sincos and rope_axial split the channels three ways: at T = 1 the t channels are constant / not rotated,
-    and the h, w channels are the 2D form of width 2 (n_h + n_w); the output differs from the 2D model's."""
+    """sincos, rope_axial and xpos split the channels three ways: at T = 1 the t channels are constant / not rotated
+    (xpos: nor scaled), and (sincos, rope_axial) the h, w channels are the 2D form of width 2 (n_h + n_w); the output
+    differs from the 2D model's (xpos also gives each head its decay directions over three axes)."""
     pe3 = one_frame_model(scheme).pos_enc
     n_t, n_h, n_w = pe3.split
-    assert (n_t, n_h, n_w) == ((4, 6, 6) if scheme == 'rope_axial' else (20, 22, 22))
+    assert (n_t, n_h, n_w) == ((20, 22, 22) if scheme == 'sincos' else (4, 6, 6))
     grid3 = vitpe.Grid((1, 4, 5), 0)
-    if scheme == 'sincos':
+    if scheme == 'xpos':
+        state = pe3.prepare(grid3)
+        rot_q, rot_k = pe3.rotations(state, state.positions.coords(1))  # (1, heads, 20, 16) complex
+        t_pairs = state.pair_axis == 0
+        assert int(t_pairs.sum()) == n_t
+        for rot in (rot_q, rot_k):
+            torch.testing.assert_close(rot[..., t_pairs], torch.ones_like(rot[..., t_pairs]))
+            assert not torch.allclose(rot[..., ~t_pairs].abs(), torch.ones(1))  # h, w: rotated and scaled
+    elif scheme == 'sincos':
         pos = pe3.prepare(grid3).pos[0]  # (20, 128): [w part | h part | t part], each [sin | cos]
         ref = vitpe.pe.common.sincos_embed((4, 5), 2 * (n_h + n_w))
         torch.testing.assert_close(pos[:, :2 * (n_h + n_w)], ref)
@@ -191,14 +200,16 @@ def test_patch_kernel_inflation(mode):
     k2, k3 = image.patch_embed.proj.weight, clip.patch_embed.proj.weight
     assert k3.shape == (128, 3, 2, 16, 16)
     if mode == 'central':  # ViViT: the kernel on the middle frame of the tubelet
-        torch.testing.assert_close(k3[:, :, 1], k2) and torch.testing.assert_close(k3[:, :, 0], torch.zeros_like(k2))
+        torch.testing.assert_close(k3[:, :, 1], k2)
+        torch.testing.assert_close(k3[:, :, 0], torch.zeros_like(k2))
     else:  # I3D: a clip of one repeated frame embeds as the image
         x = torch.randn(1, 3, 64, 64)
         tokens3, _ = clip.patch_embed(x[:, :, None].expand(-1, -1, 8, -1, -1))
         tokens2, _ = image.patch_embed(x)
         torch.testing.assert_close(tokens3.reshape(1, 4, 16, 128), tokens2[:, None].expand(-1, 4, -1, -1))
     f = clip.pos_enc.freqs  # rope_mixed: the 2D directions, and f_t = 0
-    torch.testing.assert_close(f[:2], image.pos_enc.freqs) and torch.testing.assert_close(f[2], torch.zeros_like(f[2]))
+    torch.testing.assert_close(f[:2], image.pos_enc.freqs)
+    torch.testing.assert_close(f[2], torch.zeros_like(f[2]))
     with pytest.raises(ValueError, match="invalid mode='middle'"):
         with inflation('middle'):
             pass

@@ -194,12 +194,25 @@ def test_ntk_t_scales_the_temporal_frequencies_only():
     torch.testing.assert_close(out[~t_axis], pe.freqs[~t_axis])
     # combined with spatial NTK: the spatial extension is over h, w only (here 2), not the 4 of time
     both = pe.scale_freqs(pe.freqs, Grid((16, 8, 8), 1), ResolutionStrategy.parse('ntk+ntk_t'), pe.pair_axis)
-    ds = 2 * (32 // 6)
+    ds = 2 * 6  # the channels of the w axis (split 4, 6, 6)
     torch.testing.assert_close(both[pe.pair_axis == 2], (100 * 2 ** (ds / (ds - 2))) ** (-torch.arange(6) / 6))
     torch.testing.assert_close(both[t_axis], expected)
     # as many frames as in training: nothing changes
     torch.testing.assert_close(pe.scale_freqs(pe.freqs, Grid((4, 4, 4), 1), ResolutionStrategy.parse('ntk_t'),
                                               pe.pair_axis), pe.freqs)
+
+
+def test_yarn_beside_a_temporal_strategy_acts_on_height_and_width_only():
+    """YaRN's temperature and ramp: over every axis alone, over h and w when a temporal strategy takes time."""
+    pe = video().pos_enc  # reference grid 4 x 4 x 4
+    longer = Grid((16, 4, 4), 1)  # only more frames
+    assert pe.logit_temperature(longer, ResolutionStrategy.parse('yarn')) == pytest.approx((0.1 * math.log(4) + 1) ** 2)
+    assert pe.logit_temperature(longer, ResolutionStrategy.parse('yarn+riflex')) == 1.0
+    larger = Grid((16, 8, 8), 1)
+    assert pe.logit_temperature(larger, ResolutionStrategy.parse('yarn+riflex')) == pytest.approx(
+        (0.1 * math.log(2) + 1) ** 2)
+    both = pe.scale_freqs(pe.freqs, longer, ResolutionStrategy.parse('yarn+riflex'), pe.pair_axis)
+    torch.testing.assert_close(both[pe.pair_axis != 0], pe.freqs[pe.pair_axis != 0])  # h, w: not extended
 
 
 @pytest.mark.parametrize('frames', [8, 16, 32])

@@ -17,7 +17,7 @@ list), ``controls`` (task: [schemes] trained on another task), ``train`` (``Trai
 ``seeds`` (a number n: seeds 0..n-1, default 3; or a list of seeds), ``diagnostics`` (attention entropy and
 distance, default on) over the first ``diagnostic_samples`` test images (default 256), ``threads`` (torch
 threads per run, default 1: part of the recipe, since float results depend on it); video studies add ``frames``
-(the frame counts to test; configs/study_video_direction_8x64.yaml). ``results.csv`` keeps every seed's
+(the frame counts to test; configs/study_video_order_8x32.yaml). ``results.csv`` keeps every seed's
 numbers; ``summary.csv`` and the table give mean, standard deviation (ddof=1) and number of seeds per cell.
 
 ``--jobs N`` trains (and evaluates) N runs at once, each in its own process with ``threads`` threads (default:

@@ -72,6 +72,9 @@ class TrainConfig:
                                    'or a fresh start when there is none yet)', nargs='?', const='auto')
     initial_checkpoint: Optional[str] = option(None, 'start from the weights of a vitpe training checkpoint '
                                                '(tables resized to --img-size; a new head for other classes)')
+    inflation: str = option('central', "an image checkpoint (--initial-checkpoint, --pretrained) in a video model: "
+                            "the patch kernel on the tubelet's central frame (ViViT) or averaged over it (I3D)",
+                            choices=['central', 'average'])
     # -- image folders: timm's augmentation (timm.data.create_transform) and evaluation transforms
     aa: Optional[str] = option(None, "auto-augment policy: timm's rand-m9-mstd0.5-inc1 (DeiT), 3a (DeiT-III's "
                                "3-Augment) or any timm --aa string (image folders)")
@@ -161,6 +164,8 @@ def check_values(cfg: TrainConfig) -> None:
     if cfg.crop_pct is not None and cfg.crop_pct <= 0:
         raise ValueError(f"crop_pct must be positive (the centre crop's share of the resized image), "
                          f"got {cfg.crop_pct}")
+    if cfg.inflation not in ('central', 'average'):
+        raise ValueError(f"inflation must be 'central' or 'average', got {cfg.inflation!r}")
     if cfg.drop_path_mode not in ('linear', 'constant'):
         raise ValueError(f"drop_path_mode must be 'linear' or 'constant', got {cfg.drop_path_mode!r}")
 

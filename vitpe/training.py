@@ -39,6 +39,7 @@ from .data.pipeline import build_loaders
 from .data import data_size, with_frames
 from .errors import CheckpointError, TrainingError, exit_code
 from .eval.loop import evaluate
+from .models.inflate import inflation
 from .optim import build_optimization, drop_path_kwargs, even_batch, warm_up
 from .runlog import Logger
 
@@ -156,8 +157,20 @@ def create_pretrained(run: Run, weights: str, kwargs: Dict[str, Any]) -> torch.n
 def build_model(run: Run, initial: Optional[Dict[str, Any]], weights: Optional[str] = None) -> None:
     """The model (weights from ``initial`` or the file ``weights`` if given, a new head for another number of
     classes), with drop path for training, its EMA, and the DDP wrapper for several processes."""
-    num_classes = len(run.classes)
     kwargs = dict(run.model_kwargs, **drop_path_kwargs(run.cfg, run.model_name))
+    with inflation(run.cfg.inflation):  # how an image checkpoint's patch kernel enters a video model
+        model = load_starting_weights(run, initial, weights, kwargs)
+    run.ema = ModelEmaV3(model, decay=run.cfg.model_ema_decay) if run.cfg.model_ema else None
+    if run.world > 1:
+        model = DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type == 'cuda' else None)
+    run.model = model
+    run.unwrapped = unwrap(model)
+
+
+def load_starting_weights(run: Run, initial: Optional[Dict[str, Any]], weights: Optional[str],
+                          kwargs: Dict[str, Any]) -> torch.nn.Module:
+    """The model, from ``weights`` (a foreign file), ``initial`` (a vitpe checkpoint) or new."""
+    num_classes = len(run.classes)
     if weights is not None:
         model = create_pretrained(run, weights, kwargs).to(run.device)
     else:
@@ -173,11 +186,7 @@ def build_model(run: Run, initial: Optional[Dict[str, Any]], weights: Optional[s
                 raise CheckpointError(f"--initial-checkpoint is missing {missing}")
         else:
             model.load_state_dict(state)  # the scheme's pre-hook resizes tables to img_size
-    run.ema = ModelEmaV3(model, decay=run.cfg.model_ema_decay) if run.cfg.model_ema else None
-    if run.world > 1:
-        model = DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type == 'cuda' else None)
-    run.model = model
-    run.unwrapped = unwrap(model)
+    return model
 
 
 def restore(run: Run, ckpt: Dict[str, Any]) -> None:
@@ -198,8 +207,9 @@ def prepare(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> Ru
     os.makedirs(cfg.output, exist_ok=True)
     resume, initial, weights = load_sources(cfg)
     source = resume or initial
-    if resume is not None:
-        cfg = cfg.replace(img_size=resume['img_size'])
+    if resume is not None:  # a resumed run goes on at its own image size and clip length
+        frames = (resume.get('model_kwargs') or {}).get('num_frames')
+        cfg = cfg.replace(img_size=resume['img_size'], num_frames=frames or cfg.num_frames)
     model_kwargs = dict(source['model_kwargs']) if source and not cfg.model_kwargs else dict(cfg.model_kwargs)
     model_name = cfg.model or source['model_name']
     cfg = with_frames(cfg, model_name, model_kwargs)  # video: clips of the model's frames
@@ -387,5 +397,4 @@ def __getattr__(name: str):
     if name not in moved:
         raise AttributeError(f"module 'vitpe.training' has no attribute {name!r}")
     warnings.warn(f"vitpe.training.{name} is deprecated; use {'.'.join(moved[name])}", DeprecationWarning, 2)
-    import importlib
-    return getattr(importlib.import_module(moved[name][0]), moved[name][1])
+    return getattr(__import__(moved[name][0], fromlist=[moved[name][1]]), moved[name][1])

@@ -5,10 +5,16 @@ A clip is a scene whose shapes move along straight lines p(t) = p_0 + t v, t in 
 (k + 0.5) / T, so the same clip can be rendered with 4, 8, 16 or 32 frames and at any pixel size.
 
 Tasks (labels):
+- ``order``: which comes first, the red shape or the blue one (``red_first``, ``blue_first``): each is seen for
+  one window of the clip, of the same length, neither in the first or last frame; all shapes move. Needs the
+  order of distant frames: a clip played backwards is a clip of the other label (``ClipScene.reversed``), so no
+  frame, nor the unordered set of frames, nor a tubelet of a few neighbouring frames (it shows a shape appear
+  or vanish, which both shapes do once) tells the answer; only where in time these events lie. The video study's
+  task (configs/study_video_order_8x32.yaml).
 - ``direction``: which way the red shape moves (left, right, up, down), among shapes of other colours moving
-  in random directions. Needs temporal order: a clip played backwards is a clip of the opposite direction
-  (``ClipScene.reversed``), so no single frame, nor the unordered set of frames, tells left from right or up
-  from down (without order a model can at best tell the axis: 50%).
+  in random directions. Needs temporal order across frames (a clip played backwards is a clip of the opposite
+  direction; no single frame, nor the unordered set of frames, gives it), but a tubelet of two frames sees the
+  shape move: a video ViT reads it without any temporal position, so it does not test the positional scheme.
 - ``kind``: the kind of the one red shape, all shapes moving: the control (any frame shows it; neither
   position nor order plays a part).
 
@@ -21,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, replace
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -31,7 +37,7 @@ from torchvision.transforms import functional as TF
 
 from .synthetic import COLOURS, KINDS, MEAN, STD, Scene, Shape, builtin_dataset, render
 
-CLIP_TASKS = {'direction': ('left', 'right', 'up', 'down'), 'kind': KINDS}
+CLIP_TASKS = {'order': ('red_first', 'blue_first'), 'direction': ('left', 'right', 'up', 'down'), 'kind': KINDS}
 DIRECTIONS = ((-1., 0.), (1., 0.), (0., -1.), (0., 1.))  # unit square, y down: left, right, up, down
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.mov', '.webm')
@@ -39,25 +45,37 @@ VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.mov', '.webm')
 
 @dataclass
 class ClipScene:
-    """A scene whose shapes move: shape i is at ``shapes[i]``'s centre + t * ``velocities[i]`` at time t."""
+    """A scene whose shapes move: shape i is at ``shapes[i]``'s centre + t * ``velocities[i]`` at time t, and is
+    seen while t is in ``windows[i]`` = [start, end) (no windows: every shape is seen all the time)."""
     scene: Scene
     velocities: List[Tuple[float, float]]
+    windows: Optional[List[Tuple[float, float]]] = None
 
     @property
     def label(self) -> int:
         return self.scene.label
 
-    def at(self, t: float) -> Scene:
-        """The scene at time t in [0, 1]."""
+    def _moved(self, t: float) -> Scene:
         moved = [replace(s, cx=s.cx + t * vx, cy=s.cy + t * vy) for s, (vx, vy) in zip(self.scene.shapes,
                                                                                         self.velocities)]
         return replace(self.scene, shapes=moved)
 
+    def at(self, t: float) -> Scene:
+        """The scene at time t in [0, 1]: the shapes seen at t, where they are at t."""
+        scene = self._moved(t)
+        if self.windows is None:
+            return scene
+        seen = [i for i, (start, end) in enumerate(self.windows) if start <= t < end]
+        return replace(scene, shapes=[scene.shapes[i] for i in seen],
+                       categories=[scene.categories[i] for i in seen])
+
     def reversed(self, task: str = 'direction') -> 'ClipScene':
-        """The clip played backwards (time 1 - t); for ``direction`` its label is the opposite direction."""
-        end = self.at(1.0)
-        label = self.label ^ 1 if task == 'direction' else self.label  # left <-> right, up <-> down
-        return ClipScene(replace(end, label=label), [(-vx, -vy) for vx, vy in self.velocities])
+        """The clip played backwards (time 1 - t); for ``direction`` its label is the opposite direction, for
+        ``order`` the other shape comes first."""
+        end = self._moved(1.0)
+        label = self.label ^ 1 if task in ('direction', 'order') else self.label  # left <-> right, up <-> down
+        windows = None if self.windows is None else [(1 - b, 1 - a) for a, b in self.windows]
+        return ClipScene(replace(end, label=label), [(-vx, -vy) for vx, vy in self.velocities], windows)
 
 
 def frame_times(num_frames: int) -> List[float]:
@@ -77,35 +95,56 @@ def _path(rng: np.random.Generator, radius: float, direction: Tuple[float, float
     return [float(rng.uniform(a, b)) for a, b in zip(lo, hi)]
 
 
+# ``order``: the red and the blue shape are each seen for one window of the same length (WINDOW of the clip), both
+# inside [MARGIN, 1 - MARGIN], their starts at least GAP apart: so neither is seen in the first or last frame at 4
+# frames or more (a shape seen from the start would give away that it came first), and at 4 frames already the
+# first frame of each differs
+WINDOW, MARGIN, GAP = (0.25, 0.35), 0.15, 0.25
+
+
+def _order_windows(rng: np.random.Generator) -> Tuple[int, List[Tuple[float, float]]]:
+    """(label, [red's window, blue's window]): starts drawn alike for both, then kept only if GAP apart
+    (rejection keeps the draw symmetric in the two shapes and in time)."""
+    length = float(rng.uniform(*WINDOW))
+    while True:
+        starts = rng.uniform(MARGIN, 1 - MARGIN - length, size=2)
+        if abs(starts[0] - starts[1]) >= GAP:
+            return int(starts[1] < starts[0]), [(float(a), float(a) + length) for a in starts]
+
+
 def make_clip(task: str, seed: int) -> ClipScene:
     """The clip of ``task`` for ``seed`` (deterministic): 3 or 4 shapes, the first red, on a position-free
     background (plain or per-pixel noise), each moving 0.3-0.5 of the image along a straight line; the red one
-    along one of the four directions (``direction``), the others in any direction."""
+    along one of the four directions (``direction``), the others in any direction. ``order``: the second shape is
+    blue (the others neither red nor blue), and the two are seen one after the other (``_order_windows``)."""
     if task not in CLIP_TASKS:
         raise ValueError(f"unknown clip task {task!r}; expected one of {list(CLIP_TASKS)}")
     rng = np.random.default_rng(seed)
     n = int(rng.integers(3, 5))
     radii = rng.uniform(0.07, 0.1, size=n)
     kinds = [int(rng.integers(len(KINDS))) for _ in range(n)]
-    neutral = [c for c in COLOURS if c != 'red']
+    fixed = ('red', 'blue') if task == 'order' else ('red',)
+    neutral = [c for c in COLOURS if c not in fixed]
     shapes, velocities = [], []
     move = int(rng.integers(4))
     for i in range(n):
-        if i == 0:
+        if i == 0 and task != 'order':
             direction = DIRECTIONS[move]
         else:
             a = rng.uniform(0, 2 * math.pi)
             direction = (math.cos(a), math.sin(a))
         length = float(rng.uniform(0.3, 0.5))
         cx, cy = _path(rng, radii[i], direction, length)
-        colour = COLOURS['red' if i == 0 else neutral[rng.integers(len(neutral))]]
+        colour = COLOURS[fixed[i] if i < len(fixed) else neutral[rng.integers(len(neutral))]]
         shapes.append(Shape(KINDS[kinds[i]], colour, cx, cy, float(radii[i]), float(rng.uniform(0, 2 * math.pi))))
         velocities.append((direction[0] * length, direction[1] * length))
     background = ('plain', 'noise')[int(rng.integers(2))]
     bg_colour = tuple(float(v) for v in rng.uniform(0.35, 0.6) + rng.uniform(-0.05, 0.05, size=3))
-    label = move if task == 'direction' else kinds[0]
+    label, windows = _order_windows(rng) if task == 'order' else (move if task == 'direction' else kinds[0], None)
+    if windows is not None:  # the other shapes are seen all the time
+        windows += [(-math.inf, math.inf)] * (n - len(windows))
     scene = Scene(shapes, background, bg_colour, (0., 0., 0.), seed, label, kinds)
-    return ClipScene(scene, velocities)
+    return ClipScene(scene, velocities, windows)
 
 
 class SyntheticClips(Dataset):
@@ -115,7 +154,7 @@ class SyntheticClips(Dataset):
 
     SPLIT_SEEDS = {'train': 0, 'val': 10_000_000, 'test': 20_000_000}
 
-    def __init__(self, task: str = 'direction', num_frames: int = 8, img_size=64, num_samples: int = 1000,
+    def __init__(self, task: str = 'order', num_frames: int = 8, img_size=64, num_samples: int = 1000,
                  split: str = 'train', seed: int = 0):
         if task not in CLIP_TASKS:
             raise ValueError(f"unknown clip task {task!r}; expected one of {list(CLIP_TASKS)}")

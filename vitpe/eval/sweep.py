@@ -109,7 +109,9 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
     check_protocol(protocol)
     resolutions = sorted(int(r) for r in resolutions)
     models = [load_model(p, device) for p in checkpoints]
-    for model, _ in models:
+    for path, (model, _) in zip(checkpoints, models):
+        if frames and model.patch_embed.rank != 3:
+            raise ValueError(f"frame counts {list(frames)} apply to video checkpoints; {path} holds an image model")
         check_resolutions(model, resolutions, clip_frames(model, frames))
     cache = {} if cache is None else cache
     named = [ResolutionStrategy.parse(s).name for s in strategies if s != 'all']  # bad names raise here

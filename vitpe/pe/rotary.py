@@ -81,11 +81,13 @@ def rope_mixed_angles(coords: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor
     return ang
 
 
-def ntk_scaled(freqs: torch.Tensor, s: float, d: int, theta: float) -> torch.Tensor:
-    """NTK-aware scaling for an extension ``s``: theta' = theta * s^(d/(d-2)) (d channels per axis), i.e. a
-    frequency theta^-e is multiplied by s^(-e d/(d-2)), with e = -log|f| / log(theta) (e = k/n for the ladder)."""
+def ntk_scaled(freqs: torch.Tensor, s: float, d, theta: float) -> torch.Tensor:
+    """NTK-aware scaling for an extension ``s``: theta' = theta * s^(d/(d-2)) (d channels per axis: a number, or a
+    tensor that broadcasts with ``freqs``, the channels of each frequency's axis), i.e. a frequency theta^-e is
+    multiplied by s^(-e d/(d-2)), with e = -log|f| / log(theta) (e = k/n for the ladder)."""
     e = (-freqs.abs().float().clamp(min=1e-12).log() / math.log(theta)).clamp(0, 1)
-    return freqs * s ** (-e * d / max(d - 2, 1))
+    d = torch.as_tensor(d, dtype=torch.float32)
+    return freqs * s ** (-e * d / (d - 2).clamp(min=1))
 
 
 def riflex_index(freqs: torch.Tensor, train_len: int) -> torch.Tensor:
@@ -186,8 +188,8 @@ class RotaryPE(PositionalEncoding):
         is_t = axis == 0
         out = freqs
         if strategy.positions in ('ntk', 'yarn'):
-            axes = range(1, self.rank) if temporal != 'none' else None
-            out = self._scaled_positions(freqs, self.extension(grid, axes), strategy.positions)
+            axes = self.position_axes(strategy)
+            out = self._scaled_positions(freqs, self.extension(grid, axes), strategy.positions, axis, axes)
             out = torch.where(is_t, freqs, out) if temporal != 'none' else out
         s_t = grid.shape[0] / self.grid_size[0] if temporal != 'none' else 1.0
         if temporal == 'ntk_t' and s_t > 1:
@@ -198,17 +200,24 @@ class RotaryPE(PositionalEncoding):
             out = out.masked_scatter(is_t, lowered) if axis.ndim == 1 else torch.cat([out[:-1], lowered[None]])
         return out
 
-    def _scaled_positions(self, freqs: torch.Tensor, s: float, kind: str) -> torch.Tensor:
-        """NTK-aware (``ntk_scaled``, d channels per axis) or YaRN: r = rotations a frequency makes over the
-        reference grid; frequencies with r < 1 are interpolated (divided by s), those with r > 4 kept, a linear
-        ramp in between (Peng et al. 2023, Eq. 17-18, with ramp bounds for grids of tens of tokens instead of
-        thousands)."""
+    def position_axes(self, strategy: ResolutionStrategy) -> Sequence[int]:
+        """The grid axes the position strategy acts on: all, or with a temporal strategy on a (T, H, W) grid
+        h and w only."""
+        return range(1, self.rank) if self.rank == 3 and strategy.temporal != 'none' else range(self.rank)
+
+    def _scaled_positions(self, freqs: torch.Tensor, s: float, kind: str, axis: torch.Tensor,
+                          axes: Sequence[int]) -> torch.Tensor:
+        """NTK-aware (``ntk_scaled``, d = the channels of each frequency's axis, ``axis``) or YaRN: r = rotations
+        a frequency makes over the reference grid (its longest axis among ``axes``); frequencies with r < 1 are
+        interpolated (divided by s), those with r > 4 kept, a linear ramp in between (Peng et al. 2023, Eq. 17-18,
+        with ramp bounds for grids of tens of tokens instead of thousands)."""
         if s <= 1.0:
             return freqs
         if kind == 'ntk':
-            return ntk_scaled(freqs, s, 2 * (self.head_dim // (2 * self.rank)), self.theta)
+            channels = 2 * torch.tensor(self.split, device=axis.device)[axis]
+            return ntk_scaled(freqs, s, channels, self.theta)
         mag = freqs.abs().float().clamp(min=1e-12)
-        rotations = max(self.grid_size) * mag / (2 * math.pi)
+        rotations = max(self.grid_size[a] for a in axes) * mag / (2 * math.pi)
         keep = ((rotations - 1.0) / (4.0 - 1.0)).clamp(0, 1)
         return freqs * (keep + (1 - keep) / s)
 
@@ -216,5 +225,5 @@ class RotaryPE(PositionalEncoding):
         """YaRN's attention temperature: logits times (0.1 ln s + 1)^2."""
         if strategy.positions != 'yarn':
             return 1.0
-        s = self.extension(grid)
+        s = self.extension(grid, self.position_axes(strategy))  # with a temporal strategy: over h and w
         return (0.1 * math.log(s) + 1) ** 2 if s > 1 else 1.0
