@@ -23,6 +23,14 @@ def test_run_jobs_returns_every_result_by_index_in_and_out_of_process():
         list(run_jobs(abs, items, 0, 1, 'test', 'job'))
 
 
+def test_a_job_that_fails_as_expected_is_a_result_and_the_others_go_on():
+    for jobs in (1, 2):
+        got = dict(run_jobs(int, ['1', 'x', '3'], jobs, 1, 'test', 'job', catch=(ValueError,)))
+        assert got[0] == 1 and got[2] == 3 and isinstance(got[1], ValueError) and "'x'" in str(got[1])
+        with pytest.raises(ValueError, match="invalid literal for int"):  # not caught: it ends them all
+            list(run_jobs(int, ['1', 'x', '3'], jobs, 1, 'test', 'job'))
+
+
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='PR_SET_PDEATHSIG is Linux only')
 def test_workers_end_when_the_parent_is_killed(tmp_path):
     (tmp_path / 'slow_job.py').write_text(textwrap.dedent('''

@@ -77,6 +77,29 @@ def test_study_trains_sweeps_and_skips_finished_runs(tmp_path, tool, capsys):
         study.main(['--config', str(config), '--output', str(out)])
 
 
+def test_a_run_that_fails_leaves_the_others_in_the_tables(tmp_path, tool, capsys, monkeypatch):
+    """A run stopped by a TrainingError (a non-finite loss) is reported; the others train, are swept and tabled;
+    the command ends with 1."""
+    from vitpe.errors import TrainingError
+    study = tool('study')
+    real_train = study.train
+
+    def train(config):
+        if config.model.endswith('none_224') and config.seed == 1:
+            raise TrainingError('non-finite loss nan at update 2')
+        return real_train(config)
+    monkeypatch.setattr(study, 'train', train)
+    config = tmp_path / 'study.yaml'
+    config.write_text(TINY_STUDY.replace('controls:\n  synthetic:kind: [ape]\n', '').replace('strategy_schemes: [ape]\n', ''))
+    out = tmp_path / 'out'
+    assert study.main(['--config', str(config), '--output', str(out), '--jobs', '1']) == 1
+    printed = capsys.readouterr().out
+    assert 'none seed 1: failed: non-finite loss nan at update 2' in printed
+    assert '1 runs failed and are not in the tables: none seed 1' in printed
+    seeds = {(r['label'], r['seed']) for r in read_csv(out / 'results.csv')}
+    assert seeds == {('none', '0'), ('ape', '0'), ('ape', '1')}
+
+
 def test_study_numbers_do_not_depend_on_how_many_runs_go_at_once(tmp_path, tool):
     """--jobs 2 trains and sweeps in two one-thread worker processes, --jobs 1 in this process with one thread:
     the same weights, the same records in the same order."""

@@ -39,6 +39,7 @@ from tqdm import tqdm
 import vitpe
 from vitpe.checkpoint import load_checkpoint
 from vitpe.config import TrainConfig, read_yaml
+from vitpe.errors import TrainingError
 from vitpe.eval import STRATEGIES, summarize, summary_markdown, sweep, write_csv, write_summary
 from vitpe.eval.learning import learning_markdown, learning_record, learning_summary
 from vitpe.eval.stored import read_stored, sweep_key, write_stored
@@ -154,18 +155,25 @@ def run_done(run: StudyRun) -> bool:
     return ckpt['epoch'] + 1 >= run.config.epochs
 
 
-def train_all(runs: List[StudyRun], started: float, jobs: int, threads: int) -> None:
+def train_all(runs: List[StudyRun], started: float, jobs: int, threads: int) -> List[StudyRun]:
     """Train every run not finished yet (an interrupted one resumes), ``jobs`` at a time; the bar's estimate of
-    the time left counts the runs still to train (they cost about the same)."""
+    the time left counts the runs still to train (they cost about the same). A run that stops with a
+    ``TrainingError`` (a non-finite loss) does not stop the others: the runs that failed are returned."""
     todo = [run for run in runs if not run_done(run)]
     if len(todo) < len(runs):
         tqdm.write(f"{len(runs) - len(todo)} of {len(runs)} runs already trained: kept")
     done = run_jobs(train, [run.config for run in todo], jobs, threads, 'study: training', 'run',
-                    label=lambda c: f'{c.model} seed {c.seed}')
+                    label=lambda c: f'{c.model} seed {c.seed}', catch=(TrainingError,))
+    failed = []
     for index, summary in done:
         run = todo[index]
+        if isinstance(summary, TrainingError):
+            failed.append(run)
+            tqdm.write(f"{run.name} seed {run.seed}: failed: {summary}")
+            continue
         tqdm.write(f"{run.name} seed {run.seed}: val_acc {summary['val_acc']:.3f} at {run.config.img_size} px "
                    f"({(time.time() - started) / 60:.1f} min so far)")
+    return failed
 
 
 def evaluate_all(study: Dict[str, Any], runs: List[StudyRun], jobs: int, threads: int) -> list:
@@ -217,7 +225,11 @@ def main(argv=None) -> int:
     if jobs < 1:
         ap.error(f'--jobs must be at least 1; got {jobs}')
     started = time.time()
-    train_all(runs, started, jobs, threads)
+    failed = train_all(runs, started, jobs, threads)
+    runs = [run for run in runs if run not in failed]  # the tables hold the runs that trained
+    if not runs:
+        print(f"every run failed: see the messages above; {args.output}/runs keeps each one's last good epoch")
+        return 1
     records = evaluate_all(study, runs, jobs, threads)
     learning = [learning_record(r.name, r.seed, os.path.join(r.config.output, 'log.jsonl')) for r in runs]
     unlearned = [label for label, (_, _, learned, _) in learning_summary(learning).items() if not learned]
@@ -234,6 +246,11 @@ def main(argv=None) -> int:
     print(learning_markdown(learning))
     print(summary_markdown(summarize(records), unlearned))
     print('wrote ' + ', '.join(paths.values()))
+    if failed:
+        print(f"\n{len(failed)} runs failed and are not in the tables: "
+              + ', '.join(f'{r.name} seed {r.seed}' for r in failed)
+              + " (the messages above say why; the command again retries them from their last good epoch)")
+        return 1
     return 0
 
 

@@ -49,16 +49,20 @@ def _start_worker(threads: int, parent: int) -> None:
             os._exit(1)
 
 
-def _call(job: Tuple[int, Callable, Any]) -> Tuple[int, Any]:
-    index, fn, item = job
-    return index, fn(item)
+def _call(job: Tuple[int, Callable, Any, tuple]) -> Tuple[int, Any]:
+    index, fn, item, catch = job
+    try:
+        return index, fn(item)
+    except catch as e:  # an expected failure of one job: its result, the others go on
+        return index, e
 
 
 def run_jobs(fn: Callable, items: Sequence, jobs: int, threads: int, desc: str, unit: str,
-             label: Optional[Callable[[Any], str]] = None) -> Iterator[Tuple[int, Any]]:
+             label: Optional[Callable[[Any], str]] = None, catch: Tuple[type, ...] = ()) -> Iterator[Tuple[int, Any]]:
     """Yield ``(index, fn(items[index]))`` as each finishes, with a progress bar over ``items``; ``jobs`` worker
     processes (spawned: ``fn`` must be importable) with ``threads`` torch threads each, or this process when
-    ``jobs`` is 1."""
+    ``jobs`` is 1. An exception of a type in ``catch`` is yielded as the job's result (the other jobs go on);
+    any other ends them all."""
     if jobs < 1 or threads < 1:
         raise ValueError(f"jobs and threads must be at least 1; got jobs={jobs}, threads={threads}")
     bar = tqdm(total=len(items), desc=desc, unit=unit, smoothing=0)  # time left from the mean rate so far
@@ -68,13 +72,13 @@ def run_jobs(fn: Callable, items: Sequence, jobs: int, threads: int, desc: str, 
                 for index, item in enumerate(items):
                     if label:
                         bar.set_postfix_str(label(item))
-                    yield _call((index, fn, item))
+                    yield _call((index, fn, item, catch))
                     bar.update()
         else:
             context = multiprocessing.get_context('spawn')
             with context.Pool(min(jobs, len(items)), initializer=_start_worker,
                               initargs=(threads, os.getpid())) as pool:
-                for index, result in pool.imap_unordered(_call, [(i, fn, item) for i, item in enumerate(items)]):
+                for index, result in pool.imap_unordered(_call, [(i, fn, item, catch) for i, item in enumerate(items)]):
                     if label:
                         bar.set_postfix_str(f'finished {label(items[index])}')
                     yield index, result
