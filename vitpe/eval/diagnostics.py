@@ -11,8 +11,9 @@ For every layer, averaged over images, heads and query rows:
   position: their share is left out and the rest renormalised), x the patch's integer (t,) row, column.
 
 The probabilities are observed chunk by chunk as attention computes them (``Attention.observer``) and
-reduced at once, so at most one (B, heads, rows, N) chunk of one layer exists at a time, within the
-attention's ``bias_budget_mb``; nothing of size (layers, B, heads, N, N) is ever held.
+reduced at once, so only one (B, heads, rows, N) chunk of one layer (sized by the attention's
+``bias_budget_mb``) and a few temporaries of its size (its log, the products) exist at a time; nothing of size
+(B, heads, N, N) per layer, let alone (layers, B, heads, N, N), is ever held.
 """
 from __future__ import annotations
 
