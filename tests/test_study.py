@@ -150,7 +150,8 @@ def test_study_config_schemes_all_and_errors(tmp_path, tool):
     runs = study.plan_runs(study.load_study(str(config)), str(tmp_path))
     # every model entry with a model at the study's size: irpe and irpe_ape are two; RoPE-ViT's rope_*_ape have
     # small and base models only
-    entries = [e for name in vitpe.list_pos_encodings() for e in ([name, 'irpe_ape'] if name == 'irpe' else [name])]
+    extra = {'irpe': 'irpe_ape', 'fire': 'fire_axes'}  # second model entries of a scheme
+    entries = [e for name in vitpe.list_pos_encodings() for e in ([name, extra[name]] if name in extra else [name])]
     assert [r.scheme for r in runs[::2]] == entries + ['ape']
     assert [r.seed for r in runs[:2]] == [0, 1] and [r.config.seed for r in runs[:2]] == [0, 1]
     assert runs[0].config.output == str(tmp_path / 'runs' / runs[0].name / 'seed0') and runs[0].config.resume == 'auto'

@@ -30,7 +30,7 @@ from torch import nn
 
 from .common import check_bool, check_choice, check_positive, check_positive_int
 from .offset_bias import OffsetBiasPE, pair_distance
-from .registry import register_pos_encoding
+from .registry import ZooEntry, register_pos_encoding
 
 FIRE_MODES = ('distance', 'axes')
 EPS = 1e-6
@@ -47,6 +47,8 @@ class FIRE(OffsetBiasPE):
             grid (Ruoss et al. 2023); the normaliser then uses the range drawn from.
     """
     name = 'fire'
+    # fire_axes: the signed per-axis form, which can tell left from right (the distance form cannot: see above)
+    zoo = (ZooEntry('fire'), ZooEntry('fire_axes', dict(mode='axes')))
 
     def __init__(self, *, mode: str = 'distance', hidden_dim: int = 32, init_c: float = 0.1, threshold: float = 0.25,
                  per_layer: bool = False, random_positions: float = 0., **common):
