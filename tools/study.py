@@ -190,8 +190,6 @@ def evaluate_all(study: Dict[str, Any], runs: List[StudyRun], jobs: int, threads
     tasks += [dict(task, strategies=others, store=os.path.join(r.config.output, 'sweep_strategies.json'))
               for task, r in zip(list(tasks), runs)
               if r.scheme in (study.get('strategy_schemes') or []) and r.task == study['task']]
-    records: List[list] = [[] for _ in tasks]
-
     def label(task):
         return f"{task['labels'][0]} seed {task['seeds'][0]}" + (' strategies' if task['strategies'] == others else '')
 

@@ -86,8 +86,12 @@ def ntk_scaled(freqs: torch.Tensor, s: float, d, theta: float) -> torch.Tensor:
     tensor that broadcasts with ``freqs``, the channels of each frequency's axis), i.e. a frequency theta^-e is
     multiplied by s^(-e d/(d-2)), with e = -log|f| / log(theta) (e = k/n for the ladder)."""
     e = (-freqs.abs().float().clamp(min=1e-12).log() / math.log(theta)).clamp(0, 1)
-    d = torch.as_tensor(d, dtype=torch.float32)
-    return freqs * s ** (-e * d / (d - 2).clamp(min=1))
+    if isinstance(d, (int, float)):
+        ratio = d / max(d - 2, 1)
+    else:  # a tensor (method calls only, so FX and export trace it)
+        d = d.float()
+        ratio = d / (d - 2).clamp(min=1)
+    return freqs * s ** (-e * ratio)
 
 
 def riflex_index(freqs: torch.Tensor, train_len: int) -> torch.Tensor:
@@ -214,7 +218,7 @@ class RotaryPE(PositionalEncoding):
         if s <= 1.0:
             return freqs
         if kind == 'ntk':
-            channels = 2 * torch.tensor(self.split, device=axis.device)[axis]
+            channels = 2 * axis.new_tensor(self.split)[axis]
             return ntk_scaled(freqs, s, channels, self.theta)
         mag = freqs.abs().float().clamp(min=1e-12)
         rotations = max(self.grid_size[a] for a in axes) * mag / (2 * math.pi)
