@@ -56,7 +56,7 @@ def full_maps(model, x):
     return {layer: torch.cat(chunks, dim=2) for layer, chunks in seen.items()}
 
 
-@pytest.mark.parametrize('scheme', ['rope_mixed', 'decomposed'])
+@pytest.mark.parametrize('scheme', ['rope_mixed', 'decomposed', 'lepe'])  # lepe: a value hook in row chunks
 def test_probe_equals_full_maps_chunk_by_chunk_and_leaves_output(scheme, monkeypatch):
     model = micro(scheme)
     x = torch.randn(3, 3, 80, 64)  # a 5 x 4 grid plus the class token: N = 21

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import PositionalEncoding
@@ -32,8 +33,8 @@ class LocallyEnhancedPE(PositionalEncoding):
         self.convs = nn.ModuleList([depthwise_conv(self.rank, self.dim, kernel_size) for _ in range(self.depth)])
 
     def value(self, out, v, attn, ctx, layer, rows=slice(None)):
-        if rows != slice(None):
-            raise NotImplementedError("lepe adds no bias, so attention never runs it in row chunks")
+        """``out`` holds the query rows ``rows`` (all, or one chunk when attention runs in row chunks: with an
+        observer, e.g. the attention diagnostics); the conv term is the same for any split into rows."""
         p = ctx.grid.num_prefix
         b, h, n, d = v.shape
         vp = v[:, :, p:].transpose(1, 2).reshape(b, n - p, h * d)
@@ -43,4 +44,4 @@ class LocallyEnhancedPE(PositionalEncoding):
         else:  # the windows' values back on the full grid, convolved there, cut into windows again
             lepe = layout.partition(conv_on_grid(self.convs[layer], layout.unpartition(vp), layout.grid))
         lepe = lepe.reshape(b, n - p, h, d).transpose(1, 2)
-        return torch.cat([out[:, :, :p], out[:, :, p:] + lepe], dim=2)
+        return out + F.pad(lepe, (0, 0, p, 0))[:, :, rows]  # prefix tokens: no conv term
