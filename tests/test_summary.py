@@ -63,3 +63,10 @@ def test_stored_sweeps_come_back_only_for_the_same_sweep_of_the_same_weights(tmp
     open(path, 'w').write(json.dumps(stored)[:40])  # a write cut short
     assert read_stored(path, key) is None
     assert not list(tmp_path.glob('*.tmp*'))  # written through a temporary file, renamed
+
+
+def test_plots_tell_more_than_twenty_checkpoints_apart():
+    from vitpe.eval.sweep import line_look
+    looks = [line_look(i) for i in range(45)]
+    assert len(set(looks)) == 45  # the full study plots 21 checkpoints: tab20's colours alone repeat
+    assert looks[0][0] == looks[20][0] and looks[0][1] != looks[20][1]

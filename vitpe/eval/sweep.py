@@ -244,6 +244,13 @@ def plot_lines(lines: Dict[tuple, tuple], path: str, title: str = 'Accuracy agai
     plot_panels({ylabel: lines}, path, title, xlabel, train_name)
 
 
+def line_look(index: int) -> tuple:
+    """The colour and marker of the ``index``-th checkpoint of a plot: tab20's 20 colours, then again with the
+    next marker, so that up to 100 checkpoints look different."""
+    import matplotlib
+    return matplotlib.colormaps['tab20'](index % 20), 'osD^v'[index // 20 % 5]
+
+
 def plot_panels(panels: Dict[str, Dict[tuple, tuple]], path: str, title: str,
                 xlabel: str = 'test resolution (pixels)', train_name: str = 'training resolution') -> None:
     """One panel per y quantity (``panels``: y label -> ``lines`` as in ``plot_lines``) against the test
@@ -255,17 +262,16 @@ def plot_panels(panels: Dict[str, Dict[tuple, tuple]], path: str, title: str,
     keys = list(dict.fromkeys(key for lines in panels.values() for key in lines))
     labels = list(dict.fromkeys(label for label, _ in keys))
     strategies = list(dict.fromkeys(strategy for _, strategy in keys))
-    colours = plt.get_cmap('tab20')
     styles = ['-', '--', ':', '-.', (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2, 1, 2))]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 + 6 * len(panels), 6), squeeze=False)
     for ax, (ylabel, lines) in zip(axes[0], panels.items()):
         train_sizes = set()
         for (label, strategy), (tr, by_res) in lines.items():
             xs = sorted(by_res)
-            colour = colours(labels.index(label) % 20)
+            colour, marker = line_look(labels.index(label))
             style = styles[strategies.index(strategy) % len(styles)]
             name = label if strategy == 'none' else f'{label} [{strategy}]'
-            ax.plot(xs, [by_res[x][0] for x in xs], marker='o', markersize=3, color=colour, linestyle=style,
+            ax.plot(xs, [by_res[x][0] for x in xs], marker=marker, markersize=3, color=colour, linestyle=style,
                     linewidth=2 if strategy == 'none' else 1.2, label=name)
             banded = [x for x in xs if by_res[x][1] is not None]
             if banded:
@@ -273,7 +279,7 @@ def plot_panels(panels: Dict[str, Dict[tuple, tuple]], path: str, title: str,
                                 color=colour, alpha=0.15, linewidth=0)
             train_sizes.add(tr)
             if tr in by_res:
-                ax.plot([tr], [by_res[tr][0]], marker='o', markersize=7, color=colour)
+                ax.plot([tr], [by_res[tr][0]], marker=marker, markersize=7, color=colour)
         for tr in train_sizes:
             ax.axvline(tr, color='gray', linestyle=':', linewidth=1)
             ax.annotate(train_name, (tr, 0.01), xycoords=('data', 'axes fraction'), color='gray',
