@@ -8,6 +8,8 @@ same scheme where timm has one.
     python benchmarks/bench_pe.py --models small base --sizes 224 384 512 --modes infer train   # all of it (hours)
     python benchmarks/bench_pe.py --smoke --output bench.json   # seconds; for the test suite
     python benchmarks/bench_pe.py --models small --sizes --large-sizes 1024 --window 14   # ViTDet's layout, 1024 px
+    python benchmarks/bench_pe.py --models small --sizes 224 512 --large-sizes 1024 --schemes alibi fire kerple \
+        lookhere --no-timm --attention-backend flex        # FlexAttention for the offset biases (a GPU)
 
 Prints a table of ratios (vitpe / reference; > 1 means vitpe is faster) and writes one JSON record per
 measurement. On CUDA it uses bf16 autocast and CUDA events; on the CPU float32 and perf_counter.
@@ -34,6 +36,7 @@ import timm  # noqa: E402
 
 import vitpe  # noqa: E402
 from vitpe.dense.backbone import vitdet_global_blocks  # noqa: E402
+from vitpe.layers import set_attention_backend  # noqa: E402
 from vitpe.memory import peak_memory_mb  # noqa: E402
 
 SIZES = {'tiny': (192, 3), 'small': (384, 6), 'base': (768, 12)}
@@ -110,8 +113,9 @@ def timed(step, device) -> float:
 
 
 def build(scheme: str, size: str, img: int, device, timm_ref: bool = False, match_timm: bool = False,
-          window: int = 0):
-    """``window``: ViTDet's window attention (window blocks, global blocks 2, 5, 8, 11), 0 global everywhere."""
+          window: int = 0, backend: str = 'sdpa'):
+    """``window``: ViTDet's window attention (window blocks, global blocks 2, 5, 8, 11), 0 global everywhere;
+    ``backend``: the vitpe model's attention backend (``vitpe.layers.set_attention_backend``)."""
     if timm_ref:
         model = TIMM_REFS[scheme](size, img)
     else:
@@ -119,6 +123,7 @@ def build(scheme: str, size: str, img: int, device, timm_ref: bool = False, matc
         if window:
             kwargs.update(window_size=window, global_blocks=vitdet_global_blocks(12))
         model = timm.create_model(f'vitpe_{size}_patch16_224', pos_enc=scheme, img_size=img, num_classes=0, **kwargs)
+        set_attention_backend(model, backend)
     return model.to(device).train(False)
 
 
@@ -173,7 +178,8 @@ def run(args) -> List[dict]:
         for scheme in args.schemes:
             done += 1
             print(f"[{done}/{total}] {size} {scheme} {img} {mode} batch {batch}", file=sys.stderr, flush=True)
-            models = {'vitpe': build(scheme, size, img, device, window=args.window), 'none': bare}
+            models = {'vitpe': build(scheme, size, img, device, window=args.window, backend=args.attention_backend),
+                      'none': bare}
             if args.timm and scheme in TIMM_REFS and not args.window:  # timm's ViTs have no window attention
                 # against timm, vitpe runs with timm's options (LayerScale for RoPE-ViT, hiera's window)
                 if scheme in MATCH_TIMM:
@@ -194,7 +200,7 @@ def run(args) -> List[dict]:
                     'ref_imgs_per_s': theirs['imgs_per_s'], 'ref_peak_mem_mb': theirs['peak_mem_mb'],
                     'ratio': ours['imgs_per_s'] / theirs['imgs_per_s'],
                     'mem_ratio': ours['peak_mem_mb'] / max(theirs['peak_mem_mb'], 1e-6),
-                    'attention_path': path,
+                    'attention_path': path, 'attention_backend': args.attention_backend,
                 })
             del models
     return records
@@ -259,6 +265,9 @@ def main(argv=None):
     ap.add_argument('--no-timm', dest='timm', action='store_false', help='skip the timm references')
     ap.add_argument('--window', type=int, default=0,
                     help="ViTDet's window attention in every model (e.g. 14; global blocks 2, 5, 8, 11); 0: none")
+    ap.add_argument('--attention-backend', default='sdpa', choices=['sdpa', 'flex'],
+                    help="the schemes' attention: 'flex' runs alibi, fire, kerple and lookhere through FlexAttention "
+                         "(compiled on CUDA; on the CPU an eager reference, inference only); the bare trunk keeps SDPA")
     ap.add_argument('--quick', action='store_true', help='ViT-S, 224 and 384, inference')
     ap.add_argument('--smoke', action='store_true', help='seconds: tiny model, 64 px (and 96 px large), 3 schemes')
     ap.add_argument('--output', default='bench.json')

@@ -51,6 +51,19 @@ def test_benchmark_with_window_attention(tmp_path):
     assert '| irpe | tiny w2 | 96 | 1 | infer |' in proc.stdout
 
 
+def test_benchmark_with_the_flex_backend(tmp_path):
+    """--attention-backend flex: the vitpe models attend through FlexAttention (an eager reference on the CPU)."""
+    out = tmp_path / 'bench.json'
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'bench_pe.py'), '--models', 'tiny',
+                           '--sizes', '64', '--large-sizes', '--modes', 'infer', '--schemes', 'alibi', '--no-timm',
+                           '--repeats', '1', '--batch', '2', '--attention-backend', 'flex', '--output', str(out)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = json.loads(out.read_text())['records']
+    assert [(r['scheme'], r['ref'], r['attention_backend']) for r in records] == [('alibi', 'none', 'flex')]
+
+
 @pytest.mark.parametrize('scheme', vitpe.list_pos_encodings())
 def test_compiled_matches_eager(scheme):
     torch._dynamo.reset()

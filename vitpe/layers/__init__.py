@@ -1,3 +1,3 @@
-from .attention import Attention
+from .attention import Attention, set_attention_backend
 from .block import Block
 from .patch_embed import PatchEmbed

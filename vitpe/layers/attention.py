@@ -1,6 +1,7 @@
 """The one multi-head self-attention of vitpe: qkv -> scheme hooks -> SDPA -> scheme value hook."""
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional
 
 import torch
@@ -9,6 +10,8 @@ from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ..pe.base import PosContext
+
+BACKENDS = ('sdpa', 'flex')
 
 
 class Attention(nn.Module):
@@ -21,12 +24,17 @@ class Attention(nn.Module):
     Paths (``path_for``): 'fused' (no bias), 'bias' (one (B, heads, N, N) bias), 'chunked' (the bias,
     and the probabilities if needed, built for ``chunk`` query rows at a time, so memory stays
     O(chunk x N) however large the grid: used when a full bias would exceed ``bias_budget_mb``; not under
-    torch.compile / torch.export, whose graph cannot branch on symbolic sizes: there the bias is whole).
+    torch.compile / torch.export, whose graph cannot branch on symbolic sizes: there the bias is whole);
+    'flex' (``backend = 'flex'``, see ``set_attention_backend``): the scheme's bias as a FlexAttention score_mod,
+    where the scheme gives one (``PositionalEncoding.score_mod``) and the forward needs nothing else.
     """
     bias_budget_mb: float = 16.
     # ``observer(attn, ctx, layer, rows)``: called with the probabilities of every row chunk when set
     # (``vitpe.eval.diagnostics.AttentionProbe``); they are then computed explicitly, chunk by chunk
     observer: Optional[Callable] = None
+    # 'sdpa' or 'flex': FlexAttention for schemes whose bias has a score_mod form (for GPUs: torch's fused
+    # flex kernels never build the (B, heads, N, N) bias; on the CPU it measured no faster than SDPA with a bias)
+    backend: str = 'sdpa'
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_norm: bool = False,
                  attn_drop: float = 0., proj_drop: float = 0., norm_layer=nn.LayerNorm, windowed: bool = False):
@@ -53,6 +61,19 @@ class Attention(nn.Module):
         if torch.compiler.is_compiling():  # sizes may be symbolic: one full bias (a graph does not branch on them)
             return 'bias'
         return 'bias' if self.chunk_rows(batch, n, elem_size) >= n else 'chunked'
+
+    def flex_score_mod(self, pe, q, ctx: PosContext, layer: int, mask) -> Optional[Callable]:
+        """The scheme's score_mod when this forward can go through FlexAttention: the 'flex' backend, a bias
+        scheme that gives one, and nothing that only the other paths do (attention probabilities, an observer,
+        padded windows, attention dropout in training, FX tracing, ONNX export). On the CPU flex runs eagerly
+        without gradients only (torch has no CPU backward for it, and inductor's CPU flex kernel rejected these
+        score_mods under torch.compile in torch 2.14): what the tests compare."""
+        if (self.backend != 'flex' or not pe.uses('bias') or pe.needs_attn_probs or self.observer is not None
+                or mask is not None or (self.training and self.attn_drop.p > 0) or is_fx_symbolic_tracing()
+                or (q.device.type == 'cpu' and (q.requires_grad or torch.compiler.is_compiling()))
+                or torch.onnx.is_in_onnx_export()):
+            return None
+        return pe.score_mod(ctx, layer, ctx.logit_scale)
 
     def _attend(self, q, k, v, ctx: PosContext, layer: int, rows: slice, mask=None):
         """Attention output of the query rows ``rows`` (q holds those rows only); ``mask`` (B, 1, 1, N) is added
@@ -110,7 +131,12 @@ class Attention(nn.Module):
             v = v.unflatten(0, windows).masked_fill(padded[:, None, :, None], 0.).flatten(0, 1)
         # the path depends on sizes; under FX symbolic tracing they are proxies: decide for one float32 image
         sizes = (1, ctx.grid.num_tokens, 4) if is_fx_symbolic_tracing() else (b, n, q.element_size())
-        if self.path_for(pe, *sizes) == 'chunked':
+        score_mod = self.flex_score_mod(pe, q, ctx, layer, mask)
+        if score_mod is not None:
+            out = flex_attention(q, k, v, score_mod, self.scale * ctx.logit_scale)
+            if pe.uses('value'):
+                out = pe.value(out, v, None, ctx, layer)
+        elif self.path_for(pe, *sizes) == 'chunked':
             step = self.chunk_rows(*sizes)
             out = torch.cat([self._attend(q[:, :, i:i + step], k, v, ctx, layer, slice(i, i + step), mask)
                              for i in range(0, sizes[1], step)], dim=2)
@@ -118,3 +144,30 @@ class Attention(nn.Module):
             out = self._attend(q, k, v, ctx, layer, slice(None), mask)
         out = out.transpose(1, 2).reshape(b, n, c)
         return self.proj_drop(self.proj(out))
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_flex_attention():
+    from torch.nn.attention.flex_attention import flex_attention as flex
+    return torch.compile(flex)
+
+
+def flex_attention(q, k, v, score_mod: Callable, scale: float) -> torch.Tensor:
+    """torch's flex_attention: compiled once on CUDA (its fused kernels exist only compiled; inside a compiled
+    model the model's compilation covers it); eager elsewhere (the CPU: a reference implementation)."""
+    from torch.nn.attention.flex_attention import flex_attention as flex
+    if q.is_cuda and not torch.compiler.is_compiling():
+        flex = _compiled_flex_attention()
+    return flex(q, k, v, score_mod=score_mod, scale=scale)
+
+
+def set_attention_backend(model: nn.Module, backend: str) -> nn.Module:
+    """Every attention of ``model`` attends through ``backend``: 'sdpa' (the default) or 'flex' (FlexAttention
+    where the scheme's bias has a score_mod form: alibi, fire, kerple, lookhere; other schemes and forwards
+    keep SDPA). Returns the model."""
+    if backend not in BACKENDS:
+        raise ValueError(f"attention backend must be one of {list(BACKENDS)}, got {backend!r}")
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.backend = backend
+    return model

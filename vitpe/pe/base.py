@@ -22,6 +22,8 @@ the block index):
     an additive attention-logit bias broadcastable to (B, heads, rows, N) (irpe, decomposed); ``q`` holds
     the queries of ``rows`` only (attention works in row chunks when a full bias would be large). Build it
     with ``common.grid_bias``, which pads for prefix tokens and handles the row slice.
+    A scheme may also give its bias as a FlexAttention ``score_mod`` (:meth:`PositionalEncoding.score_mod`),
+    which attention's 'flex' backend uses instead (``vitpe.layers.attention.set_attention_backend``).
 ``value(out, v, attn, ctx, layer, rows) -> out``
     adjust the attention output of ``rows`` from V (lepe) or from the attention probabilities ``attn``
     (iRPE on values; ``attn`` is only computed when ``needs_attn_probs`` is true).
@@ -301,6 +303,11 @@ class PositionalEncoding(nn.Module):
     def bias(self, q: torch.Tensor, k: torch.Tensor, ctx: PosContext, layer: int,
              rows: slice = slice(None)) -> torch.Tensor:
         raise NotImplementedError
+
+    def score_mod(self, ctx: PosContext, layer: int, bias_scale: float = 1.0) -> Optional[Callable]:
+        """The ``bias`` of ``layer`` (times ``bias_scale``) as a FlexAttention ``score_mod(score, b, h, q_idx,
+        kv_idx)``, for attention's 'flex' backend; None (the default) keeps this forward on SDPA with ``bias``."""
+        return None
 
     def value(self, out: torch.Tensor, v: torch.Tensor, attn: Optional[torch.Tensor], ctx: PosContext,
               layer: int, rows: slice = slice(None)) -> torch.Tensor:

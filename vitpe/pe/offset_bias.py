@@ -118,6 +118,23 @@ class OffsetBiasPE(PositionalEncoding):
         return grid_bias(rows, ctx.grid, (pos.shape[0], self.num_heads), add_patch_part, 0., dtype=q.dtype,
                          device=ctx.device)
 
+    def score_mod(self, ctx, layer, bias_scale=1.0):
+        """The same bias for FlexAttention: score + table[h, offset index of (q, k)], 0 with a prefix token; the
+        offset index as in ``bias``. Randomised positions (a bias per sample) stay on the bias path."""
+        if self.draws_positions:
+            return None
+        state, p = ctx.state, ctx.grid.num_prefix
+        pos = state.positions.of_batch(1)[0]  # (N, rank)
+        lin = sum(pos[:, a] * s for a, s in enumerate(state.strides))  # (N,) row-major index in the offset grid
+        table = state.tables[layer if self.per_layer else 0] * bias_scale  # (heads, M)
+        centre = state.centre
+
+        def add_bias(score, b, h, q_idx, kv_idx):
+            qi, ki = (q_idx - p).clamp(min=0), (kv_idx - p).clamp(min=0)  # patch indices (prefix: masked below)
+            bias = table[h, lin[qi] - lin[ki] + centre].to(score.dtype)
+            return score + torch.where((q_idx < p) | (kv_idx < p), torch.zeros_like(bias), bias)
+        return add_bias
+
     def extra_repr(self) -> str:
         extra = f", random_positions={self.random_positions}" if self.random_positions else ''
         return super().extra_repr() + extra
