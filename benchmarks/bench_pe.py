@@ -36,7 +36,7 @@ import timm  # noqa: E402
 
 import vitpe  # noqa: E402
 from vitpe.dense.backbone import vitdet_global_blocks  # noqa: E402
-from vitpe.layers import set_attention_backend  # noqa: E402
+from vitpe.layers import attention as attention_module, set_attention_backend  # noqa: E402
 from vitpe.memory import peak_memory_mb  # noqa: E402
 
 SIZES = {'tiny': (192, 3), 'small': (384, 6), 'base': (768, 12)}
@@ -162,6 +162,18 @@ def attention_path(scheme: str, size: str, img: int, batch: int, window: int = 0
     return path
 
 
+FLEX_CALLS = [0]  # flex_attention calls so far (counted, to record the path the measured forwards took)
+
+
+def count_flex_calls():
+    real = attention_module.flex_attention
+
+    def counted(*args, **kwargs):
+        FLEX_CALLS[0] += 1
+        return real(*args, **kwargs)
+    attention_module.flex_attention = counted
+
+
 def run(args) -> List[dict]:
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     torch.manual_seed(0)
@@ -185,8 +197,10 @@ def run(args) -> List[dict]:
                 if scheme in MATCH_TIMM:
                     models['vitpe_as_timm'] = build(scheme, size, img, device, match_timm=True)
                 models['timm'] = build(scheme, size, img, device, timm_ref=True)
+            flex_calls = FLEX_CALLS[0]
             result = measure_group(models, img, batch, mode, repeats, device)
-            path = attention_path(scheme, size, img, batch, args.window)
+            # the path the measured forwards took: 'flex' when the flex backend served them
+            path = 'flex' if FLEX_CALLS[0] > flex_calls else attention_path(scheme, size, img, batch, args.window)
             for ref in [r for r in ('none', 'timm') if r in result]:
                 if ref == 'none' and scheme == 'none':
                     continue
@@ -277,6 +291,7 @@ def main(argv=None):
     if args.smoke:
         args.models, args.sizes, args.modes, args.large_sizes = ['tiny'], [64], ['infer', 'train'], [96]
         args.schemes, args.repeats, args.batch = ['ape', 'irpe', 'abswin'], 1, 2
+    count_flex_calls()
     records = run(args)
     summary = {'records': records, 'growth': growth(records)}
     with open(args.output, 'w') as f:

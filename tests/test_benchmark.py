@@ -52,7 +52,8 @@ def test_benchmark_with_window_attention(tmp_path):
 
 
 def test_benchmark_with_the_flex_backend(tmp_path):
-    """--attention-backend flex: the vitpe models attend through FlexAttention (an eager reference on the CPU)."""
+    """--attention-backend flex: the vitpe models attend through FlexAttention (an eager reference on the CPU),
+    and the record says the forwards took that path."""
     out = tmp_path / 'bench.json'
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'bench_pe.py'), '--models', 'tiny',
@@ -61,7 +62,8 @@ def test_benchmark_with_the_flex_backend(tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = json.loads(out.read_text())['records']
-    assert [(r['scheme'], r['ref'], r['attention_backend']) for r in records] == [('alibi', 'none', 'flex')]
+    assert [(r['scheme'], r['ref'], r['attention_backend'], r['attention_path']) for r in records] == [
+        ('alibi', 'none', 'flex', 'flex')]  # the path the measured forwards took
 
 
 @pytest.mark.parametrize('scheme', vitpe.list_pos_encodings())

@@ -20,7 +20,7 @@ def flex_calls(monkeypatch):
     real = attention.flex_attention
 
     def counted(*args, **kwargs):
-        calls.append(args[0].shape)
+        calls.append((args[0].shape, args[0].dtype, args[1].dtype, args[2].dtype))
         return real(*args, **kwargs)
     monkeypatch.setattr(attention, 'flex_attention', counted)
     return calls
@@ -64,10 +64,19 @@ def test_flex_in_window_blocks(flex_calls):
 
 
 @pytest.mark.parametrize('case', ['padded windows', 'no score_mod', 'cpu gradients', 'random positions',
-                                  'compiled on the cpu'])
+                                  'compiled on the cpu', 'observer', 'attention dropout', 'chunked on the cpu'])
 def test_forwards_flex_cannot_serve_stay_on_sdpa(case, flex_calls):
     x = torch.randn(2, 3, 64, 64)
-    if case == 'padded windows':
+    if case in ('observer', 'chunked on the cpu'):
+        model = micro('kerple')
+        for module in model.modules():
+            if isinstance(module, attention.Attention) and case == 'observer':
+                module.observer = lambda attn, ctx, layer, rows: None
+            elif isinstance(module, attention.Attention):  # flex's CPU reference would build the whole scores
+                module.bias_budget_mb = 1e-4
+    elif case == 'attention dropout':
+        model = micro('lookhere', attn_drop_rate=0.1).train()  # flex has no dropout
+    elif case == 'padded windows':
         model = micro('alibi', window_size=3)  # 4 x 4 grid in windows of 3: padded keys are masked
     elif case == 'no score_mod':
         model = micro('decomposed')
@@ -82,7 +91,7 @@ def test_forwards_flex_cannot_serve_stay_on_sdpa(case, flex_calls):
     if case == 'cpu gradients':  # flex has no backward on the CPU: training there keeps SDPA
         set_attention_backend(model, 'flex')(x).sum().backward()
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.pos_enc.parameters())
-    elif case != 'random positions':  # drawn positions differ per call: only that flex was not used is checked
+    elif case not in ('random positions', 'attention dropout'):  # random draws: only that flex was not used
         torch.testing.assert_close(flex, sdpa)
     assert flex_calls == []
 
@@ -90,3 +99,14 @@ def test_forwards_flex_cannot_serve_stay_on_sdpa(case, flex_calls):
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match=r"attention backend must be one of \['sdpa', 'flex'\], got 'xformers'"):
         set_attention_backend(micro('alibi'), 'xformers')
+
+
+def test_flex_under_autocast_attends_in_the_autocast_dtype(flex_calls):
+    """With qk_norm, autocast leaves q and k in float32 and v in bfloat16: flex gets all three in bfloat16, as SDPA
+    does under autocast, and a bias rounded as the bias path rounds it."""
+    model = timm.create_model('vitpe_micro_patch16_fire_64', qk_norm=True).eval()
+    x = torch.randn(2, 3, 48, 80)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        sdpa, flex = both_backends(model, x)
+    assert flex_calls and {call[1:] for call in flex_calls} == {(torch.bfloat16,) * 3}
+    torch.testing.assert_close(flex.float(), sdpa.float(), atol=3e-2, rtol=3e-2)  # bfloat16 rounding

@@ -62,18 +62,24 @@ class Attention(nn.Module):
             return 'bias'
         return 'bias' if self.chunk_rows(batch, n, elem_size) >= n else 'chunked'
 
-    def flex_score_mod(self, pe, q, ctx: PosContext, layer: int, mask) -> Optional[Callable]:
+    def flex_score_mod(self, pe, q, ctx: PosContext, layer: int, mask, sizes) -> Optional[Callable]:
         """The scheme's score_mod when this forward can go through FlexAttention: the 'flex' backend, a bias
         scheme that gives one, and nothing that only the other paths do (attention probabilities, an observer,
-        padded windows, attention dropout in training, FX tracing, ONNX export). On the CPU flex runs eagerly
-        without gradients only (torch has no CPU backward for it, and inductor's CPU flex kernel rejected these
-        score_mods under torch.compile in torch 2.14): what the tests compare."""
+        padded windows, attention dropout in training, FX tracing, export, ONNX). Flex runs compiled on CUDA;
+        on the CPU only as torch's eager reference, which builds the whole score matrix: there only for what
+        fits one bias block ('bias' path), without gradients through attention (torch has no CPU backward for
+        it) and not under torch.compile (inductor's CPU flex kernel rejected these score_mods in torch 2.14):
+        what the tests compare. Other devices keep SDPA."""
         if (self.backend != 'flex' or not pe.uses('bias') or pe.needs_attn_probs or self.observer is not None
                 or mask is not None or (self.training and self.attn_drop.p > 0) or is_fx_symbolic_tracing()
-                or (q.device.type == 'cpu' and (q.requires_grad or torch.compiler.is_compiling()))
-                or torch.onnx.is_in_onnx_export()):
+                or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()):
             return None
-        return pe.score_mod(ctx, layer, ctx.logit_scale)
+        if q.device.type == 'cpu':
+            if q.requires_grad or torch.compiler.is_compiling() or self.path_for(pe, *sizes) != 'bias':
+                return None
+        elif q.device.type != 'cuda':
+            return None
+        return pe.score_mod(ctx, layer, ctx.logit_scale, flex_dtype(q))
 
     def _attend(self, q, k, v, ctx: PosContext, layer: int, rows: slice, mask=None):
         """Attention output of the query rows ``rows`` (q holds those rows only); ``mask`` (B, 1, 1, N) is added
@@ -131,9 +137,10 @@ class Attention(nn.Module):
             v = v.unflatten(0, windows).masked_fill(padded[:, None, :, None], 0.).flatten(0, 1)
         # the path depends on sizes; under FX symbolic tracing they are proxies: decide for one float32 image
         sizes = (1, ctx.grid.num_tokens, 4) if is_fx_symbolic_tracing() else (b, n, q.element_size())
-        score_mod = self.flex_score_mod(pe, q, ctx, layer, mask)
+        score_mod = self.flex_score_mod(pe, q, ctx, layer, mask, sizes)
         if score_mod is not None:
-            out = flex_attention(q, k, v, score_mod, self.scale * ctx.logit_scale)
+            dtype = flex_dtype(q)  # SDPA under autocast runs in the autocast dtype: flex too
+            out = flex_attention(q.to(dtype), k.to(dtype), v.to(dtype), score_mod, self.scale * ctx.logit_scale)
             if pe.uses('value'):
                 out = pe.value(out, v, None, ctx, layer)
         elif self.path_for(pe, *sizes) == 'chunked':
@@ -144,6 +151,12 @@ class Attention(nn.Module):
             out = self._attend(q, k, v, ctx, layer, slice(None), mask)
         out = out.transpose(1, 2).reshape(b, n, c)
         return self.proj_drop(self.proj(out))
+
+
+def flex_dtype(q: torch.Tensor) -> torch.dtype:
+    """The dtype flex attends in: autocast's where it is on (as SDPA would), else q's."""
+    device = q.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else q.dtype
 
 
 @functools.lru_cache(maxsize=None)

@@ -304,9 +304,11 @@ class PositionalEncoding(nn.Module):
              rows: slice = slice(None)) -> torch.Tensor:
         raise NotImplementedError
 
-    def score_mod(self, ctx: PosContext, layer: int, bias_scale: float = 1.0) -> Optional[Callable]:
-        """The ``bias`` of ``layer`` (times ``bias_scale``) as a FlexAttention ``score_mod(score, b, h, q_idx,
-        kv_idx)``, for attention's 'flex' backend; None (the default) keeps this forward on SDPA with ``bias``."""
+    def score_mod(self, ctx: PosContext, layer: int, bias_scale: float = 1.0,
+                  dtype: torch.dtype = torch.float32) -> Optional[Callable]:
+        """The ``bias`` of ``layer`` (times ``bias_scale``, rounded to ``dtype`` as the bias path's is) as a
+        FlexAttention ``score_mod(score, b, h, q_idx, kv_idx)``, for attention's 'flex' backend; None (the
+        default) keeps this forward on SDPA with ``bias``."""
         return None
 
     def value(self, out: torch.Tensor, v: torch.Tensor, attn: Optional[torch.Tensor], ctx: PosContext,

@@ -118,21 +118,27 @@ class OffsetBiasPE(PositionalEncoding):
         return grid_bias(rows, ctx.grid, (pos.shape[0], self.num_heads), add_patch_part, 0., dtype=q.dtype,
                          device=ctx.device)
 
-    def score_mod(self, ctx, layer, bias_scale=1.0):
+    def score_mod(self, ctx, layer, bias_scale=1.0, dtype=torch.float32):
         """The same bias for FlexAttention: score + table[h, offset index of (q, k)], 0 with a prefix token; the
-        offset index as in ``bias``. Randomised positions (a bias per sample) stay on the bias path."""
+        offset index as in ``bias``, from per-token index tensors (the closure holds tensors only, so a compiled
+        flex does not specialise on Python numbers). Randomised positions (a bias per sample) stay on the bias
+        path."""
         if self.draws_positions:
             return None
         state, p = ctx.state, ctx.grid.num_prefix
-        pos = state.positions.of_batch(1)[0]  # (N, rank)
-        lin = sum(pos[:, a] * s for a, s in enumerate(state.strides))  # (N,) row-major index in the offset grid
-        table = state.tables[layer if self.per_layer else 0] * bias_scale  # (heads, M)
-        centre = state.centre
+        pos = state.positions.of_batch(1)[0]  # (N_patch, rank)
+        lin = sum(pos[:, a] * s for a, s in enumerate(state.strides))  # row-major index in the offset grid
+        prefix = lin.new_zeros(p)
+        query_index = torch.cat([prefix, lin + state.centre])  # (p + N_patch,): the pair's index is q - k
+        key_index = torch.cat([prefix, lin])
+        is_patch = torch.cat([prefix.bool(), torch.ones_like(lin, dtype=torch.bool)])
+        table = (state.tables[layer if self.per_layer else 0] * bias_scale).to(dtype)  # (heads, M)
+        last = torch.tensor(table.shape[-1] - 1, device=table.device)
 
         def add_bias(score, b, h, q_idx, kv_idx):
-            qi, ki = (q_idx - p).clamp(min=0), (kv_idx - p).clamp(min=0)  # patch indices (prefix: masked below)
-            bias = table[h, lin[qi] - lin[ki] + centre].to(score.dtype)
-            return score + torch.where((q_idx < p) | (kv_idx < p), torch.zeros_like(bias), bias)
+            index = (query_index[q_idx] - key_index[kv_idx]).clamp(0, last)  # in range for prefix pairs too
+            bias = table[h, index].to(score.dtype)
+            return score + torch.where(is_patch[q_idx] & is_patch[kv_idx], bias, torch.zeros_like(bias))
         return add_bias
 
     def extra_repr(self) -> str:
