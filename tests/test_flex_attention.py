@@ -110,3 +110,15 @@ def test_flex_under_autocast_attends_in_the_autocast_dtype(flex_calls):
         sdpa, flex = both_backends(model, x)
     assert flex_calls and {call[1:] for call in flex_calls} == {(torch.bfloat16,) * 3}
     torch.testing.assert_close(flex.float(), sdpa.float(), atol=3e-2, rtol=3e-2)  # bfloat16 rounding
+
+
+def test_flex_index_is_built_once_per_grid(flex_calls, monkeypatch):
+    """The per-token offset indices depend on the grid only: one build serves every layer and forward."""
+    from vitpe.pe.offset_bias import OffsetBiasPE
+    builds = []
+    real = OffsetBiasPE.flex_index
+    monkeypatch.setattr(OffsetBiasPE, 'flex_index', staticmethod(lambda *a: builds.append(1) or real(*a)))
+    model = micro('lookhere')
+    for size in (64, 64, 80):
+        both_backends(model, torch.randn(1, 3, size, 64))
+    assert len(flex_calls) == 3 * len(model.blocks) and len(builds) == 2  # two grids

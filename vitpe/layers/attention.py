@@ -64,13 +64,13 @@ class Attention(nn.Module):
 
     def flex_score_mod(self, pe, q, ctx: PosContext, layer: int, mask, sizes) -> Optional[Callable]:
         """The scheme's score_mod when this forward can go through FlexAttention: the 'flex' backend, a bias
-        scheme that gives one, and nothing that only the other paths do (attention probabilities, an observer,
+        scheme that gives one, and nothing that only the other paths do (a value hook, an observer,
         padded windows, attention dropout in training, FX tracing, export, ONNX). Flex runs compiled on CUDA;
         on the CPU only as torch's eager reference, which builds the whole score matrix: there only for what
         fits one bias block ('bias' path), without gradients through attention (torch has no CPU backward for
         it) and not under torch.compile (inductor's CPU flex kernel rejected these score_mods in torch 2.14):
         what the tests compare. Other devices keep SDPA."""
-        if (self.backend != 'flex' or not pe.uses('bias') or pe.needs_attn_probs or self.observer is not None
+        if (self.backend != 'flex' or not pe.uses('bias') or pe.uses('value') or self.observer is not None
                 or mask is not None or (self.training and self.attn_drop.p > 0) or is_fx_symbolic_tracing()
                 or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()):
             return None
@@ -141,8 +141,6 @@ class Attention(nn.Module):
         if score_mod is not None:
             dtype = flex_dtype(q)  # SDPA under autocast runs in the autocast dtype: flex too
             out = flex_attention(q.to(dtype), k.to(dtype), v.to(dtype), score_mod, self.scale * ctx.logit_scale)
-            if pe.uses('value'):
-                out = pe.value(out, v, None, ctx, layer)
         elif self.path_for(pe, *sizes) == 'chunked':
             step = self.chunk_rows(*sizes)
             out = torch.cat([self._attend(q[:, :, i:i + step], k, v, ctx, layer, slice(i, i + step), mask)

@@ -51,6 +51,11 @@ def offset_strides(extents: Sequence[int]) -> Tuple[List[int], int]:
     return strides, sum((e - 1) * s for e, s in zip(extents, strides))
 
 
+def linear_index(positions: torch.Tensor, strides: Sequence[int]) -> torch.Tensor:
+    """Row-major index in the offset grid of integer positions (..., rank): sum_a position_a * stride_a."""
+    return sum(positions[..., a] * s for a, s in enumerate(strides))
+
+
 def straight_through_clamp(x: torch.Tensor, low: float, high: float = math.inf) -> torch.Tensor:
     """x clamped to [low, high] in the forward, with the gradient of x (KERPLE clamps its parameters' data in
     place after each step; this keeps the same values without stopping the gradient of a clamped entry)."""
@@ -104,7 +109,7 @@ class OffsetBiasPE(PositionalEncoding):
         table = state.tables[layer if self.per_layer else 0]  # (heads, M)
 
         def offset_index(patch_rows):  # (1 | B, c, N): the offset-table index of every (query row, key) pair
-            lin = sum(pos[..., a] * s for a, s in enumerate(state.strides))  # (1 | B, N)
+            lin = linear_index(pos, state.strides)  # (1 | B, N)
             return lin[:, patch_rows, None] - lin[:, None, :] + state.centre
 
         def add_patch_part(skip, patch_rows, out):  # out: (1 | B, heads, c, N)
@@ -120,26 +125,31 @@ class OffsetBiasPE(PositionalEncoding):
 
     def score_mod(self, ctx, layer, bias_scale=1.0, dtype=torch.float32):
         """The same bias for FlexAttention: score + table[h, offset index of (q, k)], 0 with a prefix token; the
-        offset index as in ``bias``, from per-token index tensors (the closure holds tensors only, so a compiled
-        flex does not specialise on Python numbers). Randomised positions (a bias per sample) stay on the bias
-        path."""
+        offset index as in ``bias``, from per-token index tensors cached per grid (the closure holds tensors only,
+        so a compiled flex does not specialise on Python numbers). Randomised positions (a bias per sample) stay
+        on the bias path."""
         if self.draws_positions:
             return None
-        state, p = ctx.state, ctx.grid.num_prefix
-        pos = state.positions.of_batch(1)[0]  # (N_patch, rank)
-        lin = sum(pos[:, a] * s for a, s in enumerate(state.strides))  # row-major index in the offset grid
-        prefix = lin.new_zeros(p)
-        query_index = torch.cat([prefix, lin + state.centre])  # (p + N_patch,): the pair's index is q - k
-        key_index = torch.cat([prefix, lin])
-        is_patch = torch.cat([prefix.bool(), torch.ones_like(lin, dtype=torch.bool)])
+        state = ctx.state
+        query_index, key_index, is_patch, last = self.cached(
+            ('flex_index', ctx.grid, ctx.device), lambda: self.flex_index(state, ctx.grid.num_prefix))
         table = (state.tables[layer if self.per_layer else 0] * bias_scale).to(dtype)  # (heads, M)
-        last = torch.tensor(table.shape[-1] - 1, device=table.device)
 
         def add_bias(score, b, h, q_idx, kv_idx):
             index = (query_index[q_idx] - key_index[kv_idx]).clamp(0, last)  # in range for prefix pairs too
             bias = table[h, index].to(score.dtype)
             return score + torch.where(is_patch[q_idx] & is_patch[kv_idx], bias, torch.zeros_like(bias))
         return add_bias
+
+    @staticmethod
+    def flex_index(state: OffsetTables, num_prefix: int):
+        """Per token (prefix first): the query's and the key's part of the offset index (a patch pair's index is
+        their difference), whether it is a patch, and the table's last index."""
+        lin = linear_index(state.positions.of_batch(1)[0], state.strides)  # (N_patch,)
+        prefix = lin.new_zeros(num_prefix)
+        is_patch = torch.cat([prefix.bool(), torch.ones_like(lin, dtype=torch.bool)])
+        last = torch.tensor(state.tables.shape[-1] - 1, device=lin.device)
+        return torch.cat([prefix, lin + state.centre]), torch.cat([prefix, lin]), is_patch, last
 
     def extra_repr(self) -> str:
         extra = f", random_positions={self.random_positions}" if self.random_positions else ''
