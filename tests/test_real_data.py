@@ -133,7 +133,7 @@ def test_checkpoint_crop_pct_and_interpolation_are_used_for_validation(imagenet_
 
 
 def test_a_folder_without_val_is_refused_or_split_with_its_seed(flat, tmp_path):
-    with pytest.raises(ValueError, match=r"has no val/ folder: validating on the training images .*--val-fraction"):
+    with pytest.raises(ValueError, match=r"has no val/ folder: validating on the training data .*--val-fraction"):
         build_loaders(cfg(tmp_path, flat), 0, 1, None)
 
     def split(seed):

@@ -11,6 +11,7 @@ from PIL import Image
 from vitpe.data import SyntheticClips, build_dataset, make_clip, render_clip
 from vitpe.data.clips import DIRECTIONS, FrameFolder, frame_times
 from vitpe.data.synthetic import COLOURS, render
+from vitpe.eval.sweep import plot_panels
 
 
 def test_clips_render_at_any_frame_count_and_size():
@@ -86,28 +87,82 @@ def test_control_task_and_label_balance():
         make_clip('speed', 0)
 
 
+def write_frame_folder(root, classes=('a', 'b'), clips=2, frames=10):
+    """root/<class>/clip<c>/<k>.png: frame k a flat grey of value 20 k."""
+    for cls in classes:
+        for c in range(clips):
+            folder = root / cls / f'clip{c}'
+            folder.mkdir(parents=True)
+            for k in range(frames):
+                Image.fromarray(np.full((12, 16, 3), 20 * k, np.uint8)).save(folder / f'{k:03d}.png')
+
+
 def test_frame_folders(tmp_path):
     """root/class/clip/*.png, frames in name order, T frames sampled evenly over the clip."""
-    for cls in ('a', 'b'):
-        for c in range(2):
-            folder = tmp_path / 'train' / cls / f'clip{c}'
-            folder.mkdir(parents=True)
-            for k in range(10):  # frame k is a flat grey of value 20 k
-                Image.fromarray(np.full((12, 16, 3), 20 * k, np.uint8)).save(folder / f'{k:03d}.png')
-    ds = build_dataset(str(tmp_path), (4, 8, 8), 'train')
-    assert isinstance(ds, FrameFolder) and ds.classes == ['a', 'b'] and len(ds) == 4
+    write_frame_folder(tmp_path)
+    ds = build_dataset(str(tmp_path), (4, 8, 8), 'test')  # an evaluation folder: all of it
+    assert isinstance(ds, FrameFolder) and ds.classes == ['a', 'b'] and len(ds) == 4 and ds.targets == [0, 0, 1, 1]
     x, y = ds[3]
     assert x.shape == (3, 4, 8, 8) and y == 1
     grey = (x[0, :, 0, 0] * 0.229 + 0.485) * 255  # frames at (k + 0.5) / 4 of 10: 1, 3, 6, 8
     torch.testing.assert_close(grey, torch.tensor([20., 60., 120., 160.]), atol=0.6, rtol=0)
+    assert build_dataset(str(tmp_path), (4, 8, 8), 'test', classes=['b']).targets == [0, 0]  # a checkpoint's classes
     with pytest.raises(ValueError, match=r"clip data \('clips:direction'\) needs a clip size \(frames, height, "
                                          r"width\), got \(32, 32\)"):
         build_dataset('clips:direction', 32, 'train')
     with pytest.raises(ValueError, match="holds no clips: expected root/class/clip/<frames>.png"):
-        build_dataset(str(tmp_path / 'train' / 'a'), (4, 8, 8), 'val')
+        build_dataset(str(tmp_path / 'a'), (4, 8, 8), 'test')
+    with pytest.raises(ValueError, match=r"classes \['c'\] are not folders of"):
+        build_dataset(str(tmp_path), (4, 8, 8), 'test', classes=['a', 'c'])
+    with pytest.raises(ValueError, match=r"'synthetic:position' renders images; a video model \(clips of 4 frames\) "
+                                         r"needs clips: --data clips:<order\|direction\|kind>"):
+        build_dataset('synthetic:position', (4, 32, 32), 'train')
 
 
-def test_train_resume_and_frame_sweep_on_clips(tmp_path, tool):
+def test_frame_folder_splits_as_image_folders(tmp_path):
+    """A folder of clips is split as an image folder is: its val/, else a held-out part of each class
+    (--val-fraction; without one: refused, not validated on its training clips); a sample count draws clips at
+    random, not the first classes."""
+    write_frame_folder(tmp_path / 'flat', classes=('a', 'b', 'c', 'd'), clips=5, frames=2)
+    flat = str(tmp_path / 'flat')
+    with pytest.raises(ValueError, match="has no val/ folder: validating on the training data would measure nothing"):
+        build_dataset(flat, (2, 8, 8), 'train')
+    train = build_dataset(flat, (2, 8, 8), 'train', val_fraction=0.2, split_seed=3)
+    val = build_dataset(flat, (2, 8, 8), 'val', val_fraction=0.2, split_seed=3)
+    assert len(train) == 16 and len(val) == 4 and not set(train.indices) & set(val.indices)
+    assert sorted(val.dataset.targets[i] for i in val.indices) == [0, 1, 2, 3]  # one clip of each class held out
+    some = build_dataset(flat, (2, 8, 8), 'train', 8, seed=0, val_fraction=0.2, split_seed=3)
+    assert len(some) == 8 and len({some[i][1] for i in range(8)}) > 2  # not the first two classes' clips
+    write_frame_folder(tmp_path / 'split' / 'train')
+    write_frame_folder(tmp_path / 'split' / 'val', clips=1)
+    assert len(build_dataset(str(tmp_path / 'split'), (2, 8, 8), 'val')) == 2
+    with pytest.raises(ValueError, match="has a val/ folder; --val-fraction 0.2 would hold out a second"):
+        build_dataset(str(tmp_path / 'split'), (2, 8, 8), 'train', val_fraction=0.2)
+
+
+def test_train_and_sweep_on_a_folder_of_frames(tmp_path, tool):
+    """tools/train.py on root/[train|val]/class/clip/*.png, then a frame sweep of its validation clips; image
+    augmentation options are refused for clips (nothing would apply them)."""
+    write_frame_folder(tmp_path / 'data' / 'train', clips=4, frames=8)
+    write_frame_folder(tmp_path / 'data' / 'val', clips=2, frames=8)
+    args = ['--model', 'vitpe_micro_patch16_rope_axial_video_8x64', '--model-kwargs', json.dumps({'depth': 1}),
+            '--data', str(tmp_path / 'data'), '--img-size', '32', '--num-frames', '4', '--epochs', '1',
+            '--batch-size', '4', '--warmup-steps', '1', '--quiet', '--output', str(tmp_path / 'run')]
+    assert tool('train').main(args) == 0
+    ckpt = torch.load(tmp_path / 'run' / 'last.pth', weights_only=True)
+    assert ckpt['classes'] == ['a', 'b'] and ckpt['config']['num_frames'] == 4
+    assert tool('eval_resolution').main(['--checkpoint', str(tmp_path / 'run' / 'last.pth'), '--resolutions', '32',
+                                         '--frames', '2', '4', '--output', str(tmp_path / 'sweep')]) == 0
+    assert '| 2 frames | 4 frames |' in (tmp_path / 'sweep' / 'results.md').read_text()
+    with pytest.raises(ValueError, match=r"\['hflip'\] apply to image folders; folders of clips are resized whole, "
+                                         r"not augmented or cropped"):
+        tool('train').main(args + ['--hflip', '0.0'])
+    with pytest.raises(ValueError, match=r"\['val_fraction'\] apply to image folders; the built-in data "
+                                         r"\(clips:order\) is rendered"):
+        tool('train').main(args[:5] + ['clips:order'] + args[6:] + ['--val-fraction', '0.1'])
+
+
+def test_train_resume_and_frame_sweep_on_clips(tmp_path, tool, monkeypatch):
     """A tiny video model trains on built-in clips (the same checkpoints, logs and resume as images) and the
     sweep evaluates it at several frame counts, writing the table, CSV and plot."""
     out = tmp_path / 'run'
@@ -128,14 +183,19 @@ def test_train_resume_and_frame_sweep_on_clips(tmp_path, tool):
     assert ckpt['epoch'] == 2 and ckpt['config']['num_frames'] == 4 and ckpt['model_kwargs']['num_frames'] == 4
 
     sweep_dir = tmp_path / 'sweep'
+    import vitpe.eval.summary as summary
+    panels = []  # the diagnostics plot's axis, spied on
+    monkeypatch.setattr(summary, 'plot_panels', lambda *a, **k: panels.append(k) or plot_panels(*a, **k))
     assert tool('eval_resolution').main(['--checkpoint', str(out / 'best.pth'), '--resolutions', '32', '--frames',
                                          '2', '4', '8', '--strategy', 'none', 'riflex', '--samples', '8',
-                                         '--output', str(sweep_dir)]) == 0
+                                         '--diagnostics', '--output', str(sweep_dir)]) == 0
+    assert panels == [dict(xlabel='test frames', train_name='training frames')]
+    assert os.path.getsize(sweep_dir / 'diagnostics.png') > 0
     table = (sweep_dir / 'results.md').read_text()
     assert '| 2 frames | 4 frames | 8 frames |' in table
     assert table.count('*') == 2  # the training clip (4 frames) marked on both rows
-    csv_rows = (sweep_dir / 'results.csv').read_text().splitlines()
-    assert len(csv_rows) == 1 + 6 and csv_rows[0].endswith('frames,train_frames')
+    csv_rows = [r for r in (sweep_dir / 'results.csv').read_text().splitlines() if not r.startswith('#')]
+    assert len(csv_rows) == 1 + 6 and 'frames,train_frames' in csv_rows[0] and 'entropy_norm_l0' in csv_rows[0]
     assert os.path.getsize(sweep_dir / 'resolution.png') > 0
     assert tool('eval_resolution').main(['--checkpoint', str(out / 'best.pth'), '--resolutions', '32', '--frames',
                                          '3', '--output', str(sweep_dir)]) == 2  # 3 frames: not a tubelet multiple
@@ -217,7 +277,7 @@ def test_video_files_through_pyav(tmp_path):
                 frame = av.VideoFrame.from_ndarray(np.full((12, 16, 3), 20 * k, np.uint8), format='rgb24')
                 out.mux(stream.encode(frame))
             out.mux(stream.encode())
-    ds = build_dataset(str(tmp_path), (4, 8, 8), 'val')
+    ds = build_dataset(str(tmp_path), (4, 8, 8), 'test')
     assert type(ds).__name__ == 'VideoFolder' and ds.classes == ['a', 'b'] and len(ds) == 2
     x, y = ds[1]
     assert x.shape == (3, 4, 8, 8) and y == 1

@@ -85,6 +85,17 @@ def test_larger_video_models_build_and_run():
     assert model(torch.randn(1, 3, 4, 32, 48)).shape == (1, 3)
 
 
+@pytest.mark.parametrize('name', ['vitpe_small_patch16_rope_axial_ape_video_8x224',
+                                  'vitpe_small_patch16_rope_mixed_ape_video_8x224'])
+def test_rope_with_ape_video_models_run(name):
+    """RoPE-ViT's rope + APE video entries (small and base only): a 3D table on the 4 x 14 x 14 grid, resampled to
+    other clips, trained with the rotations."""
+    model = timm.create_model(name, num_classes=3, depth=1)
+    assert model.pos_enc.table.weight.shape == (1, 4, 14, 14, 384)
+    model(torch.randn(1, 3, 6, 32, 48)).square().sum().backward()
+    assert model.pos_enc.table.weight.grad.abs().sum() > 0
+
+
 def test_set_input_size_with_a_frame_count():
     m = timm.create_model('vitpe_micro_patch16_ape_video_8x64')
     m.set_input_size(num_frames=16)
@@ -137,7 +148,7 @@ def one_frame_model(scheme, **opts):
 
 # sincos, rope_axial and xpos (rope_axial's channel split) do not reduce to their 2D form at T = 1 (tested below)
 EQUAL_AT_ONE_FRAME = [(s, {}) for s in vitpe.list_pos_encodings() if s not in ('sincos', 'rope_axial', 'xpos')] + [
-    ('ape', dict(separable=True)), ('irpe', dict(method='cross', on='qkv')), ('irpe', dict(method='euclidean')),
+    ('ape', dict(separable=True)), ('rope_mixed', dict(ape=True)), ('irpe', dict(method='cross', on='qkv')), ('irpe', dict(method='euclidean')),
     ('irpe', dict(mode='bias', on='qk'))]
 
 
@@ -213,6 +224,32 @@ def test_patch_kernel_inflation(mode):
     with pytest.raises(ValueError, match="invalid mode='middle'"):
         with inflation('middle'):
             pass
+
+
+def test_tables_extended_along_time():
+    """An image checkpoint in a video model of 4 tubelets along t: APE's, LaPE's and abswin's global tables are
+    the 2D table at every t, abswin's window a window of one frame; iRPE's product buckets repeat the 2D ones for
+    each of the 7 temporal offset digits (its prefix bucket kept last)."""
+    def inflated(scheme):
+        image = micro(scheme)
+        clip = timm.create_model('vitpe_micro_patch16_video_8x64', pos_enc=scheme, num_classes=3)
+        clip.load_state_dict(image.state_dict(), strict=True)
+        return image.pos_enc, clip.pos_enc
+
+    for scheme in ('ape', 'lape'):
+        image, clip = inflated(scheme)
+        assert clip.table.weight.shape == (1, 4, 4, 4, 128)
+        for t in range(4):
+            torch.testing.assert_close(clip.table.weight[:, t], image.table.weight)
+    image, clip = inflated('abswin')
+    for t in range(4):
+        torch.testing.assert_close(clip.pos_embed[:, t], image.pos_embed)
+    torch.testing.assert_close(clip.pos_embed_window, image.pos_embed_window[:, None])
+    image, clip = inflated('irpe')
+    assert (image.k_table.shape[-1], clip.k_table.shape[-1]) == (7 * 7 + 1, 7 * 7 * 7 + 1)
+    for digit in range(7):
+        torch.testing.assert_close(clip.k_table[..., 49 * digit:49 * (digit + 1)], image.k_table[..., :49])
+    torch.testing.assert_close(clip.k_table[..., -1], image.k_table[..., -1])
 
 
 def test_image_checkpoint_through_timm_pretrained(tmp_path):

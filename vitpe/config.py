@@ -42,11 +42,12 @@ class TrainConfig:
     model_kwargs: Dict[str, Any] = option(help='extra model arguments: JSON (\'{"depth": 6}\') or timm-style '
                                           'key=value pairs (depth=6 patch_size=8)', factory=dict, nargs='+')
     data: str = option('synthetic:position', 'synthetic:<position|quadrant|kind> or an ImageFolder path; video '
-                       'models: clips:<direction|kind> or a folder of frames (root/class/clip/*.png)')
+                       'models: clips:<order|direction|kind>, a folder of frames (root/[train|val]/class/clip/*.png) '
+                       'or of video files (root/[train|val]/class/*.mp4, PyAV)')
     img_size: int = option(64, 'training resolution (pixels, square)')
     num_frames: Optional[int] = option(None, "video models: frames per clip (default: the model's, e.g. 8)")
-    train_samples: Optional[int] = option(None, 'built-in data: training scenes; image folders: a random subset')
-    val_samples: Optional[int] = option(None, 'built-in data: validation scenes; image folders: a random subset')
+    train_samples: Optional[int] = option(None, 'built-in data: training scenes or clips; folders: a random subset')
+    val_samples: Optional[int] = option(None, 'built-in data: validation scenes or clips; folders: a random subset')
     epochs: int = option(10, 'epochs to train')
     batch_size: int = option(64, 'global batch over all processes (timm: per process)')
     opt: str = option('adamw', "timm optimizer name")

@@ -190,14 +190,20 @@ class FrameFolder(Dataset):
     the synthetic clips), resized to ``img_size``, normalised with ImageNet's mean and std: (3, T, H, W)."""
     layout = 'root/class/clip/<frames>.png'
 
-    def __init__(self, root: str, num_frames: int, img_size, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
+    def __init__(self, root: str, num_frames: int, img_size, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                 classes: Optional[Sequence[str]] = None):
         if not os.path.isdir(root):
             raise ValueError(f"clip folder {root!r} does not exist or is not a directory")
-        self.classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        found = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        missing = [c for c in classes or () if c not in found]
+        if missing:
+            raise ValueError(f"classes {missing} are not folders of {root!r}")
+        self.classes = list(classes) if classes else found  # ``classes``: those, in that order (as ImageFolder's)
         self.samples = [(clip, label) for label, cls in enumerate(self.classes)
                         for clip in self.clips(os.path.join(root, cls))]
         if not self.samples:
             raise ValueError(f"clip folder {root!r} holds no clips: expected {self.layout}")
+        self.targets = [label for _, label in self.samples]
         self.num_frames = int(num_frames)
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.mean, self.std = torch.tensor(mean)[:, None, None, None], torch.tensor(std)[:, None, None, None]
@@ -247,24 +253,23 @@ class VideoFolder(FrameFolder):
 
 
 def build_clip_dataset(spec: str, size: Sequence[int], split: str, num_samples=None, seed: int = 0) -> Dataset:
-    """``clips:<task>`` (built-in clips) or a folder of frames (``<path>/train`` and ``<path>/val`` if present,
-    else ``<path>`` for both) at ``size`` = (T, H, W)."""
+    """``clips:<task>``: the built-in clips at ``size`` = (T, H, W) (folders of clips: ``build_dataset``)."""
     if len(size) != 3:
         raise ValueError(f"clip data ({spec!r}) needs a clip size (frames, height, width), got {tuple(size)}: "
                          f"train a video model (num_frames)")
-    if spec.startswith('clips'):
-        return builtin_dataset(spec, CLIP_TASKS, size, split, num_samples, seed,
-                               lambda task, n: SyntheticClips(task, size[0], size[1:], n, split=split, seed=seed))
-    sub = os.path.join(spec, 'train' if split == 'train' else 'val')
-    root = sub if os.path.isdir(sub) else spec
+    if not spec.startswith('clips'):
+        raise ValueError(f"{spec!r} renders images; a video model (clips of {size[0]} frames) needs clips: "
+                         f"--data clips:<{'|'.join(CLIP_TASKS)}>, a folder of frames or of video files")
+    return builtin_dataset(spec, CLIP_TASKS, size, split, num_samples, seed,
+                           lambda task, n: SyntheticClips(task, size[0], size[1:], n, split=split, seed=seed))
+
+
+def clip_folder(root: str, size: Sequence[int], classes: Optional[Sequence[str]] = None) -> FrameFolder:
+    """One folder of clips at ``size`` = (T, H, W): ``VideoFolder`` when it holds video files, else
+    ``FrameFolder``."""
     videos = os.path.isdir(root) and any(f.lower().endswith(VIDEO_EXTENSIONS) for _, _, files in os.walk(root)
                                          for f in files)
-    ds = (VideoFolder if videos else FrameFolder)(root, size[0], size[1:])
-    if num_samples:
-        classes = ds.classes
-        ds = torch.utils.data.Subset(ds, range(min(num_samples, len(ds))))
-        ds.classes = classes
-    return ds
+    return (VideoFolder if videos else FrameFolder)(root, size[0], size[1:], classes=classes)
 
 
 def video_frames(model_name: str, model_kwargs, num_frames=None):

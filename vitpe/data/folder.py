@@ -11,7 +11,7 @@ from torch.utils.data import Dataset, default_collate
 from timm.data import create_transform
 from torchvision import datasets
 
-from .clips import build_clip_dataset
+from .clips import build_clip_dataset, clip_folder
 from .synthetic import SyntheticShapes, TASKS, builtin_dataset
 
 
@@ -63,27 +63,39 @@ def collate_skip_none(batch):
 
 def build_dataset(spec: str, img_size, split: str, num_samples: Optional[int] = None, seed: int = 0, *,
                   transform=None, **split_options) -> Dataset:
-    """``synthetic:<task>`` (built-in scenes) or a path to an ImageFolder tree. Folders: ``split`` 'train' or
-    'val' as ``pipeline.folder_split`` says (``<path>/train`` and ``<path>/val``; a folder without ``val/`` needs
-    ``val_fraction``); 'test' is an evaluation folder: ``<path>/val`` if present, else all of ``<path>``.
-    ``transform``: default timm's training transform for 'train', else the evaluation one (crop_pct 0.875);
-    ``num_samples``: a random subset (seed ``seed``) of a folder. With a clip size (T, H, W) or ``clips:<task>``,
-    clips (``clips.build_clip_dataset``)."""
+    """``synthetic:<task>`` (built-in scenes), ``clips:<task>`` (built-in clips) or a path to a folder tree: of
+    images (ImageFolder) or, with a clip size (T, H, W), of clips (``clips.clip_folder``). Folders: ``split``
+    'train' or 'val' as ``pipeline.folder_split`` says (``<path>/train`` and ``<path>/val``; a folder without
+    ``val/`` needs ``val_fraction``); 'test' is an evaluation folder: ``<path>/val`` if present, else all of
+    ``<path>``. ``transform`` (images): default timm's training transform for 'train', else the evaluation one
+    (crop_pct 0.875); ``num_samples``: a random subset (seed ``seed``) of a folder."""
     size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    if len(size) == 3 or spec.startswith('clips'):
-        return build_clip_dataset(spec, size, split, num_samples, seed)
+    if spec.startswith('clips') or (len(size) == 3 and spec.startswith('synthetic')):
+        return build_clip_dataset(spec, size, split, num_samples, seed)  # built-in clips, or the error it names
     if spec.startswith('synthetic'):
         return builtin_dataset(spec, TASKS, size, split, num_samples, seed,
                                lambda task, n: SyntheticShapes(task, size, n, split=split, seed=seed))
     from .pipeline import eval_transform, folder_split
-    if transform is None:
-        transform = create_transform(size, is_training=True) if split == 'train' else eval_transform(size)
+    if len(size) == 3:
+        def open_folder(root, classes):
+            return clip_folder(root, size, classes)
+    else:
+        if transform is None:
+            transform = create_transform(size, is_training=True) if split == 'train' else eval_transform(size)
+        open_folder = image_folder(transform)
     if split == 'test':
         val = os.path.join(spec, 'val')
-        ds = RobustImageFolder(val if os.path.isdir(val) else spec, transform, classes=split_options.get('classes'))
+        ds = open_folder(val if os.path.isdir(val) else spec, split_options.get('classes'))
     else:
-        ds = folder_split(spec, split, transform, **split_options)
+        ds = folder_split(spec, split, open_folder=open_folder, **split_options)
     return random_subset(ds, num_samples, seed)
+
+
+def image_folder(transform):
+    """``open_folder`` for ``pipeline.folder_split``: (path, classes) -> an ImageFolder with ``transform``."""
+    def open_folder(root: str, classes: Optional[Sequence[str]] = None) -> RobustImageFolder:
+        return RobustImageFolder(root, transform, classes=classes)
+    return open_folder
 
 
 def random_subset(ds: Dataset, n: Optional[int], seed: int = 0) -> Dataset:

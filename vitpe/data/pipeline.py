@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from .clips import data_size
-from .folder import RobustImageFolder, build_dataset, collate_skip_none, random_subset
+from .folder import build_dataset, collate_skip_none, image_folder, random_subset
 
 EVAL_PROTOCOLS = {
     'crop': 'resize the shorter side to size / crop_pct, then take the centre size x size crop (DeiT, timm)',
@@ -101,26 +101,30 @@ def holdout_split(targets: Sequence[int], fraction: float, seed: int) -> tuple:
     return sorted(train), sorted(held)
 
 
-def folder_split(root: str, split: str, transform, val_fraction: float = 0.0, split_seed: int = 0,
-                 classes: Optional[Sequence[str]] = None) -> Dataset:
-    """The ``split`` ('train' or 'val') of an ImageFolder tree: ``root/train`` and ``root/val`` when they exist;
-    a folder without ``val/`` needs ``val_fraction`` (a held-out part of each class, seed ``split_seed``); one with
-    ``val/`` but no ``train/`` is refused for training (its val/ would be read as a class)."""
+def folder_split(root: str, split: str, transform=None, val_fraction: float = 0.0, split_seed: int = 0,
+                 classes: Optional[Sequence[str]] = None, *, open_folder=None) -> Dataset:
+    """The ``split`` ('train' or 'val') of a folder tree: ``root/train`` and ``root/val`` when they exist; a folder
+    without ``val/`` needs ``val_fraction`` (a held-out part of each class, seed ``split_seed``); one with ``val/``
+    but no ``train/`` is refused for training (its val/ would be read as a class). ``open_folder(path, classes)``
+    reads one tree (a dataset with ``classes`` and ``targets``): default an ImageFolder with ``transform``;
+    folders of clips pass ``clips.clip_folder``."""
+    if open_folder is None:
+        open_folder = image_folder(transform)
     if not os.path.isdir(root):
-        raise ValueError(f"image folder {root!r} does not exist or is not a directory")
+        raise ValueError(f"folder {root!r} does not exist or is not a directory")
     train_dir = os.path.join(root, 'train') if os.path.isdir(os.path.join(root, 'train')) else root
     val_dir = os.path.join(root, 'val')
     if os.path.isdir(val_dir):
-        if split == 'train' and train_dir == root:  # ImageFolder would read val/ as a class and train on it
+        if split == 'train' and train_dir == root:  # the class folders would include val/: trained on
             raise ValueError(f"{root!r} has a val/ folder but no train/ folder: put the training class folders "
                              f"in {os.path.join(root, 'train')}/ (or remove val/ and use --val-fraction)")
         if val_fraction:
             raise ValueError(f"{root!r} has a val/ folder; --val-fraction {val_fraction} would hold out a second "
                              f"validation set (leave it at 0)")
-        return RobustImageFolder(train_dir if split == 'train' else val_dir, transform, classes=classes)
-    ds = RobustImageFolder(train_dir, transform, classes=classes)
+        return open_folder(train_dir if split == 'train' else val_dir, classes)
+    ds = open_folder(train_dir, classes)
     if not val_fraction:
-        raise ValueError(f"{root!r} has no val/ folder: validating on the training images would measure nothing. "
+        raise ValueError(f"{root!r} has no val/ folder: validating on the training data would measure nothing. "
                          f"Add {val_dir}/<class>/..., or hold out a part of each class with --val-fraction 0.1 "
                          f"(drawn with --split-seed)")
     train, held = holdout_split(ds.targets, val_fraction, split_seed)
@@ -142,14 +146,20 @@ def make_sampler(dataset: Dataset, cfg, rank: int, world: int):
 
 
 def check_folder_options(cfg) -> None:
-    """Image-folder options given for the built-in scenes raise ValueError (the scenes are not augmented)."""
-    if not cfg.data.startswith('synthetic'):
+    """Image-folder options where they would do nothing raise ValueError: all of them for the built-in scenes and
+    clips, the augmentation and crop ones for folders of clips (resized whole, not augmented)."""
+    if cfg.data.startswith(('synthetic', 'clips')):
+        names, why = FOLDER_OPTIONS, (f"the built-in data ({cfg.data}) is rendered, not augmented (its labels depend "
+                                      f"on position: a flip would change them)")
+    elif cfg.num_frames:
+        names, why = [k for k in FOLDER_OPTIONS if k not in ('val_fraction', 'classes')], \
+            "folders of clips are resized whole, not augmented or cropped"
+    else:
         return
     defaults = type(cfg)()
-    given = [k for k in FOLDER_OPTIONS if getattr(cfg, k) != getattr(defaults, k)]
+    given = [k for k in names if getattr(cfg, k) != getattr(defaults, k)]
     if given:
-        raise ValueError(f"{given} apply to image folders; the built-in scenes ({cfg.data}) are rendered, not "
-                         f"augmented (their labels depend on position: a flip would change them)")
+        raise ValueError(f"{given} apply to image folders; {why}")
 
 
 def build_loaders(cfg, rank: int, world: int, model_name: Optional[str]) -> Dict[str, Any]:
@@ -164,12 +174,15 @@ def build_loaders(cfg, rank: int, world: int, model_name: Optional[str]) -> Dict
                          f"({world} processes x {cfg.grad_accum_steps} accumulation steps) = "
                          f"{cfg.batch_size // per_step}")
     check_folder_options(cfg)
-    if cfg.data.startswith(('synthetic', 'clips')) or cfg.num_frames:  # built-in scenes or clips, frame folders
+    split = dict(val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, classes=cfg.classes)
+    if cfg.data.startswith(('synthetic', 'clips')):  # built-in scenes or clips: their own splits
         train_set = build_dataset(cfg.data, data_size(cfg), 'train', cfg.train_samples, seed=cfg.seed)
         val_set = build_dataset(cfg.data, data_size(cfg), 'val', cfg.val_samples, seed=cfg.seed)
+    elif cfg.num_frames:  # folders of clips: split as image folders are, the same clips validate every --seed
+        train_set = build_dataset(cfg.data, data_size(cfg), 'train', cfg.train_samples, seed=cfg.seed, **split)
+        val_set = build_dataset(cfg.data, data_size(cfg), 'val', cfg.val_samples, seed=cfg.split_seed, **split)
     else:
         options = eval_options(cfg, model_name)
-        split = dict(val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, classes=cfg.classes)
         train_set = folder_split(cfg.data, 'train', train_transform(cfg, cfg.img_size, options), **split)
         val_set = folder_split(cfg.data, 'val', eval_transform(cfg.img_size, options['crop_pct'],
                                                                options['interpolation'], 'crop', options['mean'],
@@ -217,12 +230,15 @@ def eval_spec(ckpt: Dict[str, Any], protocol: str = 'crop', data: Optional[str] 
             tuple(model['mean']), tuple(model['std']), classes) + split
 
 
-def eval_dataset(spec: str, size: int, samples: Optional[int], how: tuple) -> Dataset:
-    """The evaluation images of ``spec`` at ``size`` as ``eval_spec`` describes (built-in scenes: the test split)."""
-    if spec.startswith('synthetic'):
+def eval_dataset(spec: str, size, samples: Optional[int], how: tuple) -> Dataset:
+    """The evaluation images of ``spec`` at ``size`` as ``eval_spec`` describes (built-in scenes and clips: the
+    test split). With a clip size (T, H, W), clips: resized whole (no protocol, crop or transform applies)."""
+    if spec.startswith(('synthetic', 'clips')):
         return build_dataset(spec, size, 'test', samples)
     protocol, crop_pct, interpolation, mean, std, classes, split, val_fraction, split_seed = how
-    transform = eval_transform(size, crop_pct, interpolation, protocol, mean, std)
     options = dict(classes=classes) if split == 'test' else dict(classes=classes, val_fraction=val_fraction,
                                                                   split_seed=split_seed)
+    if not isinstance(size, int):
+        return build_dataset(spec, size, split, samples, **options)
+    transform = eval_transform(size, crop_pct, interpolation, protocol, mean, std)
     return build_dataset(spec, size, split, samples, transform=transform, **options)

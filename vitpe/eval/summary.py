@@ -106,13 +106,17 @@ def plot_summary(rows: Sequence[SummaryRow], path: str, title: str = 'Accuracy a
 
 def plot_diagnostics(rows: Sequence[SummaryRow], path: str) -> None:
     """Normalised attention entropy and mean attention distance (means over layers and seeds) against the
-    test resolution, one panel each."""
+    test resolution (a frame sweep: the test frames), one panel each."""
     quantities = {'attention entropy / log N (mean over layers)': 'entropy_norm',
                   'mean attention distance, patches (mean over layers)': 'distance'}
     panels = {ylabel: {key: (tr, {res: (getattr(r, name), None, None) for res, r in by_res.items()})
                        for key, (tr, by_res) in _lines(rows).items()}
               for ylabel, name in quantities.items()}
-    plot_panels(panels, path, 'Attention diagnostics against test resolution')
+    if rows and rows[0].axis == 'frames':
+        plot_panels(panels, path, 'Attention diagnostics against test frames', xlabel='test frames',
+                    train_name='training frames')
+    else:
+        plot_panels(panels, path, 'Attention diagnostics against test resolution')
 
 
 SUMMARY_HEADER = """a run is one (label, task, seed); label = the model entry's scheme suffix (irpe and irpe_ape differ), with -<task> for control runs

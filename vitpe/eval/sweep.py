@@ -11,7 +11,6 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint import load_model
-from ..data import build_dataset
 from ..data.pipeline import check_protocol, eval_dataset, eval_spec
 from ..memory import PeakMemory
 from .diagnostics import DIAGNOSTICS_HEADER
@@ -150,14 +149,12 @@ def sweep_axis(records: Iterable[Record]) -> str:
 def eval_images(cache: Dict[tuple, tuple], spec: str, ckpt, res: int, frames: Optional[int], samples: int,
                 protocol: str, data: Optional[str]) -> tuple:
     """(images, labels) of ``spec`` at ``res`` (and ``frames``), made once per sweep: built-in data its test split,
-    folders of frames their val split, image folders through the checkpoint's evaluation transform."""
-    builtin = spec.startswith(('synthetic', 'clips'))
-    how = () if builtin or frames else eval_spec(ckpt, protocol, data)
+    folders (of images or clips) their checkpoint's validation split or ``data``, images through the checkpoint's
+    evaluation transform."""
+    how = () if spec.startswith(('synthetic', 'clips')) else eval_spec(ckpt, protocol, data)
     key = (spec, res, frames, samples) + how
     if key not in cache:
-        size = (frames, res, res) if frames else res
-        cache[key] = materialize(eval_dataset(spec, res, samples, how) if how else
-                                 build_dataset(spec, size, 'test' if builtin else 'val', samples))
+        cache[key] = materialize(eval_dataset(spec, (frames, res, res) if frames else res, samples, how))
     return cache[key]
 
 

@@ -123,7 +123,7 @@ def axis_split(pairs: int, rank: int, split: Optional[Sequence[int]] = None, wha
 
     ``split`` given: checked (positive integers summing to ``pairs``). Default: an even split; where ``pairs`` is
     not a multiple of the rank (3D with head_dim 64: 32 pairs), each spatial axis gets ceil(pairs / rank) and
-    time the rest (11, 11 and 10 of 32), so T = 1 leaves the fewest channels unused. ``what`` names the caller
+    time the rest ((t, h, w) = (10, 11, 11) of 32), so T = 1 leaves the fewest channels unused. ``what`` names the caller
     in errors, e.g. 'rope_axial: head_dim=20'."""
     if split is not None:
         split = (split,) if isinstance(split, int) else tuple(split)

@@ -25,8 +25,8 @@ class RoPEAxial(RotaryPE):
     in 3D).
 
     3D (T, H, W): the channel pairs are split over t, h, w (``split``; by default evenly, or when head_dim/2 is
-    not a multiple of 3, ceil(head_dim/6) pairs to each of h and w and the rest to t: 11, 11, 10 of 32). It
-    does not reduce to the 2D form at T = 1: h and w get fewer channels than in 2D. What holds (tested): at
+    not a multiple of 3, ceil(head_dim/6) pairs to each of h and w and the rest to t: (t, h, w) = (10, 11, 11)
+    of 32). It does not reduce to the 2D form at T = 1: h and w get fewer channels than in 2D. What holds (tested): at
     T = 1 the t pairs do not rotate (angle t * theta_k = 0) and the h, w pairs rotate exactly as 2D RoPE with
     head_dim 2 (n_h + n_w).
 

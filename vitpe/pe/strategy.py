@@ -9,6 +9,9 @@ A strategy is parsed from a name such as ``'pi'`` or a combination such as ``'pi
   frequencies), ``riflex`` (RIFLEx, Zhao et al. 2025: the intrinsic temporal frequency lowered so that the test
   clip stays within 90% of one period; see ``rotary.py``);
 - ``logit``: attention logits scaled by log(N_test) / log(N_train) (any scheme);
+- below the reference: ``pi`` and ``pi_t`` scale coordinates at any test size (a smaller grid or a shorter clip
+  is stretched to the reference span), ``ntk``, ``yarn``, ``ntk_t`` and ``riflex`` act only where the test grid
+  (clip) is larger (longer) than the reference and leave a smaller one as trained;
 - table interpolation (at most one): ``bicubic``, ``bilinear``, ``nearest`` (how learned tables are resampled).
 
 The trunk takes the strategy as ``model(x, strategy='pi+logit')``; without one it uses the strategy of the

@@ -15,6 +15,11 @@ order, the last is the column), so heads decay towards keys before the query (s 
 (s = -1) on each axis, and grow mildly on the other side (by at most zeta_0^(-D / B): 1.03 over a 14-patch
 axis, 1.17 over 64 patches, at the defaults). On a 1 x N grid a head with s = +1 is the paper's 1D xPos.
 
+3D (T, H, W): the channel pairs are split over t, h, w as rope_axial's (``split``), and each head's decay
+directions run over three axes (bits t, h, w of h mod 8). It does not reduce to the 2D form at T = 1: h and w
+get fewer channels than in 2D and a head's h, w directions come from other bits than in the 2D model. What holds
+(tested): at T = 1 the t pairs neither rotate nor scale (t = 0 and zeta^0 = 1).
+
 Position strategies as the RoPE schemes ('pi', 'ntk', 'yarn'); randomised positions in training
 (``random_positions``) as every scheme with coordinates. Default theta 100 (RoPE-ViT's base for 2D axial RoPE;
 the paper's 1D base is 10000).
