@@ -75,6 +75,26 @@ def test_order_needs_the_order_of_distant_frames(seed):
     assert COLOURS['red'] not in others and COLOURS['blue'] not in others
 
 
+def test_order_task_is_symmetric_in_time_over_the_data():
+    """Not only is each clip played backwards a clip of the other label: the generator draws a clip and its
+    reversal alike, so when (and how long) the first and the second shape are seen has the same distribution
+    under both labels and mirrored in time (a frame's content and time index tell only together)."""
+    clips = [make_clip('order', s) for s in range(3000)]
+    first, second = {0: [], 1: []}, {0: [], 1: []}
+    for clip in clips:
+        (red, blue) = clip.windows[:2]
+        early, late = (red, blue) if clip.label == 0 else (blue, red)
+        first[clip.label].append(early)
+        second[clip.label].append(late)
+    for label in (0, 1):
+        starts = np.array([a for a, _ in first[label]])
+        mirrored = np.array([1 - b for _, b in second[label]])  # the second shape's end, seen backwards
+        assert abs(starts.mean() - mirrored.mean()) < 0.01 and abs(starts.std() - mirrored.std()) < 0.01
+    for which in (first, second):
+        a, b = (np.array([w[0] for w in which[label]]) for label in (0, 1))
+        assert abs(a.mean() - b.mean()) < 0.01 and abs(np.median(a) - np.median(b)) < 0.015
+
+
 def test_control_task_and_label_balance():
     kinds = [make_clip('kind', s) for s in range(8)]
     for clip in kinds:  # the kind of the red shape: any frame shows it, reversing changes nothing
