@@ -148,7 +148,8 @@ def one_frame_model(scheme, **opts):
 
 # sincos, rope_axial and xpos (rope_axial's channel split) do not reduce to their 2D form at T = 1 (tested below)
 EQUAL_AT_ONE_FRAME = [(s, {}) for s in vitpe.list_pos_encodings() if s not in ('sincos', 'rope_axial', 'xpos')] + [
-    ('ape', dict(separable=True)), ('rope_mixed', dict(ape=True)), ('irpe', dict(method='cross', on='qkv')), ('irpe', dict(method='euclidean')),
+    ('ape', dict(separable=True)), ('rope_mixed', dict(ape=True)), ('irpe', dict(method='cross', on='qkv')),
+    ('irpe', dict(method='euclidean')),
     ('irpe', dict(mode='bias', on='qk'))]
 
 

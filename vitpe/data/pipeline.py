@@ -150,7 +150,8 @@ def check_folder_options(cfg) -> None:
     clips, the augmentation and crop ones for folders of clips (resized whole, not augmented)."""
     if cfg.data.startswith(('synthetic', 'clips')):
         names, why = FOLDER_OPTIONS, (f"the built-in data ({cfg.data}) is rendered, not augmented (its labels depend "
-                                      f"on position: a flip would change them)")
+                                      f"on position and time: a flip would change them), and has its own classes "
+                                      f"and train / val / test splits")
     elif cfg.num_frames:
         names, why = [k for k in FOLDER_OPTIONS if k not in ('val_fraction', 'classes')], \
             "folders of clips are resized whole, not augmented or cropped"
@@ -238,7 +239,7 @@ def eval_dataset(spec: str, size, samples: Optional[int], how: tuple) -> Dataset
     protocol, crop_pct, interpolation, mean, std, classes, split, val_fraction, split_seed = how
     options = dict(classes=classes) if split == 'test' else dict(classes=classes, val_fraction=val_fraction,
                                                                   split_seed=split_seed)
-    if not isinstance(size, int):
-        return build_dataset(spec, size, split, samples, **options)
+    if isinstance(size, (tuple, list)) and len(size) == 3:
+        return build_dataset(spec, tuple(size), split, samples, **options)
     transform = eval_transform(size, crop_pct, interpolation, protocol, mean, std)
     return build_dataset(spec, size, split, samples, transform=transform, **options)

@@ -95,9 +95,10 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
     for it. The built-in data is the test split
     (never seen in training or model selection); the same scenes are rendered at every resolution. Image
     folders go through each checkpoint's evaluation transform at every resolution under ``protocol`` ('crop':
-    resize by its crop_pct, then the centre crop; 'resize': the whole image; ``vitpe.data.pipeline``), on its
-    validation split (``data`` given: that folder's val/, else all of it, unless it is the checkpoint's own training
-    folder: then its validation split; ``pipeline.eval_spec``), ``samples`` images drawn at random.
+    resize by its crop_pct, then the centre crop; 'resize': the whole image; ``vitpe.data.pipeline``), folders of
+    clips resized whole; both on the checkpoint's validation split (``data`` given: that folder's val/, else all of
+    it, unless it is the checkpoint's own training folder: then its validation split; ``pipeline.eval_spec``), with
+    its classes, ``samples`` images (clips) drawn at random.
 
     ``diagnostics``: also the attention entropy and distance per layer (``Record.diagnostics``), from a
     second, untimed pass over the first ``diagnostic_samples`` images (attention then computes its
@@ -150,8 +151,12 @@ def eval_images(cache: Dict[tuple, tuple], spec: str, ckpt, res: int, frames: Op
                 protocol: str, data: Optional[str]) -> tuple:
     """(images, labels) of ``spec`` at ``res`` (and ``frames``), made once per sweep: built-in data its test split,
     folders (of images or clips) their checkpoint's validation split or ``data``, images through the checkpoint's
-    evaluation transform."""
-    how = () if spec.startswith(('synthetic', 'clips')) else eval_spec(ckpt, protocol, data)
+    evaluation transform (``protocol``: image folders only; built-in data is rendered, clips resized whole)."""
+    builtin = spec.startswith(('synthetic', 'clips'))
+    if protocol != 'crop' and (builtin or frames):
+        raise ValueError(f"--protocol {protocol} applies to image folders; {spec!r} holds "
+                         f"{'built-in data (rendered at each size)' if builtin else 'clips (resized whole)'}")
+    how = () if builtin else eval_spec(ckpt, protocol, data)
     key = (spec, res, frames, samples) + how
     if key not in cache:
         cache[key] = materialize(eval_dataset(spec, (frames, res, res) if frames else res, samples, how))

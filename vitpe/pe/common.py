@@ -123,8 +123,8 @@ def axis_split(pairs: int, rank: int, split: Optional[Sequence[int]] = None, wha
 
     ``split`` given: checked (positive integers summing to ``pairs``). Default: an even split; where ``pairs`` is
     not a multiple of the rank (3D with head_dim 64: 32 pairs), each spatial axis gets ceil(pairs / rank) and
-    time the rest ((t, h, w) = (10, 11, 11) of 32), so T = 1 leaves the fewest channels unused. ``what`` names the caller
-    in errors, e.g. 'rope_axial: head_dim=20'."""
+    time the rest ((t, h, w) = (10, 11, 11) of 32), so T = 1 leaves the fewest channels unused. ``what`` names the
+    caller in errors, e.g. 'rope_axial: head_dim=20'."""
     if split is not None:
         split = (split,) if isinstance(split, int) else tuple(split)
         if len(split) != rank or any(isinstance(n, bool) or not isinstance(n, int) or n <= 0 for n in split) \
