@@ -135,6 +135,11 @@ def test_frame_folders(tmp_path):
         build_dataset('clips:direction', 32, 'train')
     with pytest.raises(ValueError, match="holds no clips: expected root/class/clip/<frames>.png"):
         build_dataset(str(tmp_path / 'a'), (4, 8, 8), 'test')
+    write_frame_folder(tmp_path / 'clips_ucf')  # a folder whose name starts like the built-in clips is a folder
+    assert isinstance(build_dataset(str(tmp_path / 'clips_ucf'), (4, 8, 8), 'test'), FrameFolder)
+    from vitpe.data.synthetic import builtin_kind
+    assert [builtin_kind(s) for s in ('clips', 'clips:order', 'synthetic:kind', 'clips_ucf', 'synthetic_data/x')] \
+        == ['clips', 'clips', 'synthetic', None, None]
     with pytest.raises(ValueError, match=r"classes \['c'\] are not folders of"):
         build_dataset(str(tmp_path), (4, 8, 8), 'test', classes=['a', 'c'])
     with pytest.raises(ValueError, match=r"'synthetic:position' renders images; a video model \(clips of 4 frames\) "

@@ -35,7 +35,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
-from .synthetic import COLOURS, KINDS, MEAN, STD, Scene, Shape, builtin_dataset, render
+from .synthetic import COLOURS, KINDS, MEAN, STD, Scene, Shape, builtin_dataset, builtin_kind, render
 
 CLIP_TASKS = {'order': ('red_first', 'blue_first'), 'direction': ('left', 'right', 'up', 'down'), 'kind': KINDS}
 DIRECTIONS = ((-1., 0.), (1., 0.), (0., -1.), (0., 1.))  # unit square, y down: left, right, up, down
@@ -257,7 +257,7 @@ def build_clip_dataset(spec: str, size: Sequence[int], split: str, num_samples=N
     if len(size) != 3:
         raise ValueError(f"clip data ({spec!r}) needs a clip size (frames, height, width), got {tuple(size)}: "
                          f"train a video model (num_frames)")
-    if not spec.startswith('clips'):
+    if builtin_kind(spec) != 'clips':
         raise ValueError(f"{spec!r} renders images; a video model (clips of {size[0]} frames) needs clips: "
                          f"--data clips:<{'|'.join(CLIP_TASKS)}>, a folder of frames or of video files")
     return builtin_dataset(spec, CLIP_TASKS, size, split, num_samples, seed,

@@ -12,7 +12,7 @@ from timm.data import create_transform
 from torchvision import datasets
 
 from .clips import build_clip_dataset, clip_folder
-from .synthetic import SyntheticShapes, TASKS, builtin_dataset
+from .synthetic import SyntheticShapes, TASKS, builtin_dataset, builtin_kind
 
 
 
@@ -70,9 +70,10 @@ def build_dataset(spec: str, img_size, split: str, num_samples: Optional[int] = 
     ``<path>``. ``transform`` (images): default timm's training transform for 'train', else the evaluation one
     (crop_pct 0.875); ``num_samples``: a random subset (seed ``seed``) of a folder."""
     size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    if spec.startswith('clips') or (len(size) == 3 and spec.startswith('synthetic')):
+    kind = builtin_kind(spec)
+    if kind == 'clips' or (len(size) == 3 and kind == 'synthetic'):
         return build_clip_dataset(spec, size, split, num_samples, seed)  # built-in clips, or the error it names
-    if spec.startswith('synthetic'):
+    if kind == 'synthetic':
         return builtin_dataset(spec, TASKS, size, split, num_samples, seed,
                                lambda task, n: SyntheticShapes(task, size, n, split=split, seed=seed))
     from .pipeline import eval_transform, folder_split

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from .clips import data_size
+from .synthetic import builtin_kind
 from .folder import build_dataset, collate_skip_none, image_folder, random_subset
 
 EVAL_PROTOCOLS = {
@@ -148,7 +149,7 @@ def make_sampler(dataset: Dataset, cfg, rank: int, world: int):
 def check_folder_options(cfg) -> None:
     """Image-folder options where they would do nothing raise ValueError: all of them for the built-in scenes and
     clips, the augmentation and crop ones for folders of clips (resized whole, not augmented)."""
-    if cfg.data.startswith(('synthetic', 'clips')):
+    if builtin_kind(cfg.data):
         names, why = FOLDER_OPTIONS, (f"the built-in data ({cfg.data}) is rendered, not augmented (its labels depend "
                                       f"on position and time: a flip would change them), and has its own classes "
                                       f"and train / val / test splits")
@@ -176,7 +177,7 @@ def build_loaders(cfg, rank: int, world: int, model_name: Optional[str]) -> Dict
                          f"{cfg.batch_size // per_step}")
     check_folder_options(cfg)
     split = dict(val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, classes=cfg.classes)
-    if cfg.data.startswith(('synthetic', 'clips')):  # built-in scenes or clips: their own splits
+    if builtin_kind(cfg.data):  # built-in scenes or clips: their own splits
         train_set = build_dataset(cfg.data, data_size(cfg), 'train', cfg.train_samples, seed=cfg.seed)
         val_set = build_dataset(cfg.data, data_size(cfg), 'val', cfg.val_samples, seed=cfg.seed)
     elif cfg.num_frames:  # folders of clips: split as image folders are, the same clips validate every --seed
@@ -234,7 +235,7 @@ def eval_spec(ckpt: Dict[str, Any], protocol: str = 'crop', data: Optional[str] 
 def eval_dataset(spec: str, size, samples: Optional[int], how: tuple) -> Dataset:
     """The evaluation images of ``spec`` at ``size`` as ``eval_spec`` describes (built-in scenes and clips: the
     test split). With a clip size (T, H, W), clips: resized whole (no protocol, crop or transform applies)."""
-    if spec.startswith(('synthetic', 'clips')):
+    if builtin_kind(spec):
         return build_dataset(spec, size, 'test', samples)
     protocol, crop_pct, interpolation, mean, std, classes, split, val_fraction, split_seed = how
     options = dict(classes=classes) if split == 'test' else dict(classes=classes, val_fraction=val_fraction,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -207,6 +207,16 @@ def make_scene(task: str, seed: int) -> Scene:
 
 
 _BUILT = {}
+
+
+BUILTIN_KINDS = ('synthetic', 'clips')
+
+
+def builtin_kind(spec: str) -> Optional[str]:
+    """'synthetic' or 'clips' when ``spec`` names built-in data (``<kind>`` or ``<kind>:<task>``), else None (a
+    path: a folder called ``clips_ucf/`` is a folder)."""
+    kind, colon, _ = spec.partition(':')
+    return kind if kind in BUILTIN_KINDS and (colon or spec == kind) else None
 
 
 def builtin_dataset(spec: str, tasks, size, split: str, num_samples, seed: int, make) -> Dataset:

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from ..checkpoint import load_model
 from ..data.pipeline import check_protocol, eval_dataset, eval_spec
+from ..data.synthetic import builtin_kind
 from ..memory import PeakMemory
 from .diagnostics import DIAGNOSTICS_HEADER
 from .loop import evaluate, tensor_batches
@@ -152,7 +153,7 @@ def eval_images(cache: Dict[tuple, tuple], spec: str, ckpt, res: int, frames: Op
     """(images, labels) of ``spec`` at ``res`` (and ``frames``), made once per sweep: built-in data its test split,
     folders (of images or clips) their checkpoint's validation split or ``data``, images through the checkpoint's
     evaluation transform (``protocol``: image folders only; built-in data is rendered, clips resized whole)."""
-    builtin = spec.startswith(('synthetic', 'clips'))
+    builtin = builtin_kind(spec) is not None
     if protocol != 'crop' and (builtin or frames):
         raise ValueError(f"--protocol {protocol} applies to image folders; {spec!r} holds "
                          f"{'built-in data (rendered at each size)' if builtin else 'clips (resized whole)'}")
