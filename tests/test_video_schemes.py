@@ -128,11 +128,17 @@ def test_conv_schemes_use_depthwise_conv3d(scheme):
 
 
 def test_lape_abswin_fourier_decomposed_in_3d():
-    assert make('lape').table.weight.shape == (1, 2, 3, 4, 48)
+    lape = make('lape')
+    assert lape.table.weight.shape == (1, 2, 3, 4, 48)
+    ctx = context(lape, (2, 3, 4))
+    p = torch.cat([lape.table.prefix, lape.table.weight.reshape(1, 24, 48)], 1)  # p_0: (t, h, w) row-major
+    for layer in range(2):  # block l attends over LN_1(x) + p_l, p_l = LN_pe^l(p_{l-1})
+        p = lape.norms[layer](p)
+        torch.testing.assert_close(lape.attn_input(torch.zeros(1, 25, 48), ctx, layer), p)
     win = make('abswin', grid_size=(4, 6, 6), window_size=(2, 3, 3))
     emb = win.embedding((4, 6, 6)).reshape(4, 6, 6, 48) - win.pos_embed.detach()[0]
-    torch.testing.assert_close(emb[0, 0, 0], emb[2, 3, 3])  # the window table tiles with period (2, 3, 3)
-    torch.testing.assert_close(emb[1, 2, 1], emb[3, 5, 4])
+    for t, r, c in cells((4, 6, 6)):  # the window table tiled with period (2, 3, 3)
+        torch.testing.assert_close(emb[t, r, c], win.pos_embed_window.detach()[0, t % 2, r % 3, c % 3])
 
     four = make('fourier', num_features=8, hidden_dim=16)
     assert four.freqs.shape == (1, 4, 3)  # M = 3
