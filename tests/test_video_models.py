@@ -230,7 +230,8 @@ def test_patch_kernel_inflation(mode):
 def test_tables_extended_along_time():
     """An image checkpoint in a video model of 4 tubelets along t: APE's, LaPE's and abswin's global tables are
     the 2D table at every t, abswin's window a window of one frame; iRPE's product buckets repeat the 2D ones for
-    each of the 7 temporal offset digits (its prefix bucket kept last)."""
+    each of the 7 temporal offset digits (its prefix bucket kept last); new temporal parameters start at zero
+    (Fourier features' t column, separable APE's temporal table); CPE's and LePE's kernels are inflated."""
     def inflated(scheme):
         image = micro(scheme)
         clip = timm.create_model('vitpe_micro_patch16_video_8x64', pos_enc=scheme, num_classes=3)
@@ -251,6 +252,23 @@ def test_tables_extended_along_time():
     for digit in range(7):
         torch.testing.assert_close(clip.k_table[..., 49 * digit:49 * (digit + 1)], image.k_table[..., :49])
     torch.testing.assert_close(clip.k_table[..., -1], image.k_table[..., -1])
+    image, clip = inflated('fourier')  # W_r gains a zero t column: (t, h, w) coordinates
+    torch.testing.assert_close(clip.freqs, torch.cat([torch.zeros_like(image.freqs[..., :1]), image.freqs], -1))
+    image = micro('ape')
+    clip = timm.create_model('vitpe_micro_patch16_ape_sep_video_8x64', num_classes=3)
+    clip.load_state_dict(image.state_dict(), strict=True)  # separable: the spatial table, a zero temporal one
+    torch.testing.assert_close(clip.pos_enc.table.weight, image.pos_enc.table.weight)
+    assert clip.pos_enc.time_table.weight.abs().sum() == 0
+    for scheme in ('cpe', 'lepe'):  # depthwise Conv3d kernels: the 2D kernel on the central slice, or a third of
+        image = micro(scheme)       # it on each (k = 3)
+        for mode in ('central', 'average'):
+            with inflation(mode):
+                clip = timm.create_model('vitpe_micro_patch16_video_8x64', pos_enc=scheme, num_classes=3)
+                clip.load_state_dict(image.state_dict(), strict=True)
+            for k2, k3 in zip(image.pos_enc.convs, clip.pos_enc.convs):
+                k2 = k2.weight.detach()
+                expected = [torch.zeros_like(k2), k2, torch.zeros_like(k2)] if mode == 'central' else [k2 / 3] * 3
+                torch.testing.assert_close(k3.weight.detach(), torch.stack(expected, 2))
 
 
 def test_image_checkpoint_through_timm_pretrained(tmp_path):
