@@ -169,6 +169,8 @@ def test_class_subset_and_folder_options_on_scenes(imagenet_like, tmp_path):
         build_loaders(cfg(tmp_path, imagenet_like, classes=['cow']), 0, 1, None)
     with pytest.raises(ValueError, match=r"\['aa', 'reprob'\] apply to image folders"):
         build_loaders(cfg(tmp_path, 'synthetic:position', aa='3a', reprob=0.2), 0, 1, None)
+    with pytest.raises(ValueError, match=r"\['recount', 'aug_repeats', 'split_seed'\] apply to image folders"):
+        build_loaders(cfg(tmp_path, 'synthetic:position', recount=2, aug_repeats=3, split_seed=1), 0, 1, None)
 
 
 def test_repeated_augmentation_repeats_each_image_per_process(imagenet_like, tmp_path):
@@ -306,6 +308,9 @@ def test_sweep_on_a_real_validation_folder_uses_the_checkpoints_transform(imagen
                                          '--output', str(out)]) == 0
     table = open(out / 'results.md').read()
     assert '| run (crop) |' in table and '| run (resize) |' in table
+    both = sweep([best], [32, 48], protocol=['crop', 'resize'], progress=False)  # protocols outermost, labelled
+    assert [(r.label, r.res, r.protocol, r.loss) for r in both] == \
+        [(f'run ({r.protocol})', r.res, r.protocol, r.loss) for r in crop + resize]
 
 
 def test_sweep_on_the_training_folder_keeps_to_its_held_out_split(flat, imagenet_like, tmp_path):

@@ -186,6 +186,9 @@ def test_train_and_sweep_on_a_folder_of_frames(tmp_path, tool):
     with pytest.raises(ValueError, match=r"--protocol resize applies to image folders; '.*data' holds clips "
                                          r"\(resized whole\)"):
         sweep([best], [32], frames=[4], protocol='resize', progress=False)
+    with pytest.raises(ValueError, match=r"--protocol resize applies to image folders; 'clips:order' holds "
+                                         r"built-in data"):
+        sweep([best], [32], frames=[4], protocol=['crop', 'resize'], data='clips:order', progress=False)
     with pytest.raises(ValueError, match=r"\['hflip'\] apply to image folders; folders of clips are resized whole, "
                                          r"not augmented or cropped"):
         tool('train').main(args + ['--hflip', '0.0'])

@@ -14,9 +14,9 @@ entropy and distance per layer (diagnostics.png).
 Image folders: every resolution goes through the checkpoint's evaluation transform. Protocols: "crop" resizes the
 shorter side to res / crop_pct (the checkpoint's) and takes the centre res x res crop (DeiT, timm); "resize"
 resizes the whole image to res x res (nothing cut off, aspect not kept). Several protocols: one row each.
+Folders of clips: resized whole, on the checkpoint's validation split (or --data).
 """
 import argparse
-import os
 import sys
 
 import torch
@@ -38,9 +38,10 @@ def main(argv=None):
                         "it, except the checkpoint's own training folder: its validation split (val/ or the part "
                         "--val-fraction held out)")
     p.add_argument('--samples', type=int, default=512,
-                   help='evaluation images (image folders: drawn at random; each resolution held in memory)')
+                   help='evaluation images or clips (folders: drawn at random; each resolution held in memory)')
     p.add_argument('--protocol', nargs='+', default=['crop'], choices=list(EVAL_PROTOCOLS),
-                   help='image folders: crop (resize by crop_pct, centre crop) and/or resize (the whole image)')
+                   help='image folders: crop (resize by crop_pct, centre crop) and/or resize (the whole image); '
+                        'resize is refused for built-in data and clips')
     p.add_argument('--batch-size', type=int, default=64)
     p.add_argument('--output', default='sweep')
     p.add_argument('--labels', nargs='+', help='row names (default: the checkpoint folder names)')
@@ -48,16 +49,10 @@ def main(argv=None):
                    help='also attention entropy and mean attention distance per layer (CSV columns, diagnostics.png)')
     args = p.parse_args(argv)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    try:
-        records = []
-        for protocol in args.protocol:
-            labels = args.labels
-            if len(args.protocol) > 1:  # one row per checkpoint and protocol
-                names = labels or [os.path.basename(os.path.dirname(os.path.abspath(c))) for c in args.checkpoint]
-                labels = [f'{name} ({protocol})' for name in names]
-            records += sweep(args.checkpoint, args.resolutions, args.strategy, data=args.data, samples=args.samples,
-                             batch_size=args.batch_size, device=device, labels=labels, protocol=protocol,
-                             diagnostics=args.diagnostics, frames=args.frames)
+    try:  # several protocols: one row per checkpoint and protocol
+        records = sweep(args.checkpoint, args.resolutions, args.strategy, data=args.data, samples=args.samples,
+                        batch_size=args.batch_size, device=device, labels=args.labels, protocol=args.protocol,
+                        diagnostics=args.diagnostics, frames=args.frames)
     except (TrainingError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

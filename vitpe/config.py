@@ -76,28 +76,34 @@ class TrainConfig:
     inflation: str = option('central', "an image checkpoint (--initial-checkpoint, --pretrained) in a video model: "
                             "the patch kernel on the tubelet's central frame (ViViT) or averaged over it (I3D)",
                             choices=['central', 'average'])
-    # -- image folders: timm's augmentation (timm.data.create_transform) and evaluation transforms
+    # -- image folders: timm's augmentation (timm.data.create_transform) and evaluation transforms; the split
+    #    options (val_fraction, split_seed, classes) apply to folders of clips too
     aa: Optional[str] = option(None, "auto-augment policy: timm's rand-m9-mstd0.5-inc1 (DeiT), 3a (DeiT-III's "
                                "3-Augment) or any timm --aa string (image folders)")
     color_jitter: float = option(0.0, 'colour jitter strength for brightness, contrast and saturation (0: off; '
                                  'with --aa only for 3a, as timm)')
-    scale: List[float] = option(help='random-resized-crop area range', factory=lambda: [0.08, 1.0], nargs=2)
-    ratio: List[float] = option(help='random-resized-crop aspect range', factory=lambda: [3 / 4, 4 / 3], nargs=2)
+    scale: List[float] = option(help='random-resized-crop area range (image folders)', factory=lambda: [0.08, 1.0],
+                                nargs=2)
+    ratio: List[float] = option(help='random-resized-crop aspect range (image folders)',
+                                factory=lambda: [3 / 4, 4 / 3], nargs=2)
     hflip: float = option(0.5, 'horizontal flip probability (image folders)')
     vflip: float = option(0.0, 'vertical flip probability (image folders)')
     reprob: float = option(0.0, 'random erasing probability (image folders)')
-    remode: str = option('pixel', "random erasing fill: pixel, rand or const")
-    recount: int = option(1, 'random erasing: most rectangles per image')
-    train_interpolation: str = option('bilinear', 'training resize interpolation: bilinear, bicubic or random')
-    interpolation: Optional[str] = option(None, "evaluation resize interpolation (default: the model's, timm)")
+    remode: str = option('pixel', "random erasing fill: pixel, rand or const (image folders)")
+    recount: int = option(1, 'random erasing: most rectangles per image (image folders)')
+    train_interpolation: str = option('bilinear', 'training resize interpolation: bilinear, bicubic or random '
+                                      '(image folders)')
+    interpolation: Optional[str] = option(None, "evaluation resize interpolation (image folders; default: the "
+                                          "model's, timm)")
     crop_pct: Optional[float] = option(None, "evaluation: resize to img_size / crop_pct, then centre crop "
-                                       "(default: the model's, 0.9 for the vitpe zoo)")
+                                       "(image folders; default: the model's, 0.9 for the vitpe zoo)")
     val_fraction: float = option(0.0, 'a folder without val/: hold out this fraction of each class for validation '
                                  '(0: refuse to train on such a folder)')
     split_seed: int = option(0, 'seed of the --val-fraction split (the same split for every --seed)')
     classes: Optional[List[str]] = option(None, 'train and validate on these class folders only', nargs='+')
     aug_repeats: int = option(0, 'repeated augmentation: each image this many times per epoch, each copy on '
-                              "another process where there are several (timm's RepeatAugSampler; DeiT: 3; 0: off)")
+                              "another process where there are several (timm's RepeatAugSampler; DeiT: 3; 0: off; "
+                              "image folders)")
     # -- optimisation
     drop_path: float = option(0.0, 'stochastic depth (timm drop_path_rate): the last block\'s rate, ramped from 0 '
                               '(--drop-path-mode linear), or every block\'s (constant)')

@@ -1,5 +1,6 @@
 """Real data: any torchvision ImageFolder tree (ImageNet layout: root/[train|val]/class/image), with
-corrupt images skipped, warned about and counted instead of crashing an epoch."""
+corrupt images skipped, warned about and counted instead of crashing an epoch; ``build_dataset`` is the one entry
+for every data spec: built-in scenes and clips, folders of images, folders of clips (``clips.clip_folder``)."""
 from __future__ import annotations
 
 import os

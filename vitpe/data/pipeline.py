@@ -1,4 +1,4 @@
-"""Image-folder training and evaluation with timm's data pipeline.
+"""Folder training and evaluation: images with timm's data pipeline, clips (``clips.clip_folder``) split alike.
 
 * Training transforms: ``timm.data.create_transform(is_training=True)`` with timm's option names (``--aa``,
   ``--color-jitter``, ``--reprob``, ``--scale``, ``--ratio``, ``--hflip``, ``--train-interpolation``).
@@ -10,7 +10,7 @@
   ``crop`` resizes the shorter side to ``s / crop_pct`` and takes the centre ``s x s`` crop (DeiT, timm);
   ``resize`` resizes the whole image to ``s x s`` (aspect not kept, nothing cut off).
 * Validation data: ``<root>/val``; a folder without one is refused unless ``val_fraction`` holds out a part of
-  each class, drawn with ``split_seed`` (never the training images).
+  each class, drawn with ``split_seed`` (never the training images or clips).
 * Samplers: ``DistributedSampler``, or timm's ``RepeatAugSampler`` for repeated augmentation (``aug_repeats``).
 """
 from __future__ import annotations
@@ -33,9 +33,11 @@ EVAL_PROTOCOLS = {
     'crop': 'resize the shorter side to size / crop_pct, then take the centre size x size crop (DeiT, timm)',
     'resize': 'resize the whole image to size x size (aspect ratio not kept, nothing cut off)',
 }
-# TrainConfig fields that only mean something for image folders (the built-in scenes are not augmented)
-FOLDER_OPTIONS = ('aa', 'color_jitter', 'scale', 'ratio', 'hflip', 'vflip', 'reprob', 'train_interpolation',
-                  'interpolation', 'crop_pct', 'val_fraction', 'classes')
+# TrainConfig fields that only mean something for folders: all of them for image folders, the split ones
+# (SPLIT_OPTIONS) for folders of clips too; the built-in data is rendered, not augmented, and has its own splits
+SPLIT_OPTIONS = ('val_fraction', 'split_seed', 'classes')
+FOLDER_OPTIONS = ('aa', 'color_jitter', 'scale', 'ratio', 'hflip', 'vflip', 'reprob', 'remode', 'recount',
+                  'aug_repeats', 'train_interpolation', 'interpolation', 'crop_pct') + SPLIT_OPTIONS
 
 
 def check_protocol(protocol: str) -> None:
@@ -154,7 +156,7 @@ def check_folder_options(cfg) -> None:
                                       f"on position and time: a flip would change them), and has its own classes "
                                       f"and train / val / test splits")
     elif cfg.num_frames:
-        names, why = [k for k in FOLDER_OPTIONS if k not in ('val_fraction', 'classes')], \
+        names, why = [k for k in FOLDER_OPTIONS if k not in SPLIT_OPTIONS], \
             "folders of clips are resized whole, not augmented or cropped"
     else:
         return
@@ -213,8 +215,9 @@ def _same_folder(a: str, b: str) -> bool:
 
 
 def eval_spec(ckpt: Dict[str, Any], protocol: str = 'crop', data: Optional[str] = None) -> tuple:
-    """How a checkpoint is evaluated on an image folder, as a hashable tuple for ``eval_dataset``: the protocol, its
-    training config's crop_pct and interpolation (else its model's), its classes, and where the images come from:
+    """How a checkpoint is evaluated on a folder (of clips: only its classes and split apply), as a hashable tuple
+    for ``eval_dataset``: the protocol, its training config's crop_pct and interpolation (else its model's), its
+    classes, and where the images come from:
     the training data's validation split (its val/, or the part held out with its val_fraction and split_seed) when
     ``data`` is None or that same folder; else ``data``'s val/, or all of it. Its training folder's train/ raises
     ValueError (those images were trained on)."""

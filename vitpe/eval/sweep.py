@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import asdict, dataclass
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 from tqdm import tqdm
@@ -86,7 +86,7 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
           data: Optional[str] = None, samples: int = 512, batch_size: int = 64,
           device: torch.device = torch.device('cpu'), progress: bool = True,
           labels: Optional[Sequence[str]] = None, seeds: Optional[Sequence[int]] = None,
-          diagnostics: bool = False, diagnostic_samples: int = 256, protocol: str = 'crop',
+          diagnostics: bool = False, diagnostic_samples: int = 256, protocol: Union[str, Sequence[str]] = 'crop',
           frames: Optional[Sequence[int]] = None, cache: Optional[Dict[tuple, tuple]] = None) -> List[Record]:
     """Evaluate every checkpoint at every resolution (video: and every number of ``frames``, default the
     training clip's) with no fine-tuning, under every strategy.
@@ -99,7 +99,8 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
     resize by its crop_pct, then the centre crop; 'resize': the whole image; ``vitpe.data.pipeline``), folders of
     clips resized whole; both on the checkpoint's validation split (``data`` given: that folder's val/, else all of
     it, unless it is the checkpoint's own training folder: then its validation split; ``pipeline.eval_spec``), with
-    its classes, ``samples`` images (clips) drawn at random.
+    its classes, ``samples`` images (clips) drawn at random. Several protocols (``protocol`` a sequence; image
+    folders only): one row each, labelled '<label> (<protocol>)'.
 
     ``diagnostics``: also the attention entropy and distance per layer (``Record.diagnostics``), from a
     second, untimed pass over the first ``diagnostic_samples`` images (attention then computes its
@@ -107,13 +108,16 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
 
     ``cache``: a dict that keeps the rendered test images across calls (``vitpe.parallel.cached_sweep``); by default
     they are made once per call."""
-    check_protocol(protocol)
+    protocols = [protocol] if isinstance(protocol, str) else list(protocol)
+    for p in protocols:
+        check_protocol(p)
     resolutions = sorted(int(r) for r in resolutions)
     models = [load_model(p, device) for p in checkpoints]
-    for path, (model, _) in zip(checkpoints, models):
+    for path, (model, ckpt) in zip(checkpoints, models):
         if frames and model.patch_embed.rank != 3:
             raise ValueError(f"frame counts {list(frames)} apply to video checkpoints; {path} holds an image model")
         check_resolutions(model, resolutions, clip_frames(model, frames))
+        check_protocols_apply(protocols, data or ckpt['data'], model.patch_embed.rank == 3)
     cache = {} if cache is None else cache
     named = [ResolutionStrategy.parse(s).name for s in strategies if s != 'all']  # bad names raise here
     jobs = []
@@ -123,8 +127,9 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
         chosen += [s for s in named if s not in chosen and all(p in allowed for p in s.split('+'))]
         jobs += [(i, path, model, ckpt, s, r, f) for s in chosen for f in clip_frames(model, frames)
                  for r in resolutions]
+    jobs = [(protocol,) + job for protocol in protocols for job in jobs]  # protocols outermost: one row each
     records = []
-    for i, path, model, ckpt, strategy, res, f in tqdm(jobs, desc='sweep', disable=not progress):
+    for protocol, i, path, model, ckpt, strategy, res, f in tqdm(jobs, desc='sweep', disable=not progress):
         images, targets = eval_images(cache, data or ckpt['data'], ckpt, res, f, samples, protocol, data)
         with PeakMemory(device) as mem:
             m = evaluate(model, tensor_batches(images, targets, batch_size), device, strategy=strategy)
@@ -133,6 +138,7 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
             m['diagnostics'] = evaluate(model, tensor_batches(images[part], targets[part], batch_size), device,
                                         strategy=strategy, diagnostics=True)['diagnostics']
         label = labels[i] if labels else os.path.basename(os.path.dirname(os.path.abspath(path)))
+        label += f' ({protocol})' if len(protocols) > 1 else ''
         records.append(Record(checkpoint=path, label=label, model=ckpt['model_name'],
                               scheme=getattr(model.pos_enc, 'name', '?'), train_res=int(ckpt['img_size']), res=res,
                               strategy=strategy, acc=m['acc'], loss=m['loss'], n=m['n'],
@@ -141,6 +147,15 @@ def sweep(checkpoints: Sequence[str], resolutions: Sequence[int], strategies: Se
                               diagnostics=m.get('diagnostics'), frames=f,
                               train_frames=model.patch_embed.img_size[0] if f else None))
     return records
+
+
+def check_protocols_apply(protocols: Sequence[str], spec: str, video: bool) -> None:
+    """Evaluation protocols other than 'crop' (the default) apply to image folders only: built-in data is rendered
+    at each size and clips are resized whole, so 'resize' there raises ValueError (before anything is swept)."""
+    other = [p for p in protocols if p != 'crop']
+    if other and (builtin_kind(spec) or video):
+        holds = 'built-in data (rendered at each size)' if builtin_kind(spec) else 'clips (resized whole)'
+        raise ValueError(f"--protocol {' '.join(other)} applies to image folders; {spec!r} holds {holds}")
 
 
 def sweep_axis(records: Iterable[Record]) -> str:
@@ -152,12 +167,8 @@ def eval_images(cache: Dict[tuple, tuple], spec: str, ckpt, res: int, frames: Op
                 protocol: str, data: Optional[str]) -> tuple:
     """(images, labels) of ``spec`` at ``res`` (and ``frames``), made once per sweep: built-in data its test split,
     folders (of images or clips) their checkpoint's validation split or ``data``, images through the checkpoint's
-    evaluation transform (``protocol``: image folders only; built-in data is rendered, clips resized whole)."""
-    builtin = builtin_kind(spec) is not None
-    if protocol != 'crop' and (builtin or frames):
-        raise ValueError(f"--protocol {protocol} applies to image folders; {spec!r} holds "
-                         f"{'built-in data (rendered at each size)' if builtin else 'clips (resized whole)'}")
-    how = () if builtin else eval_spec(ckpt, protocol, data)
+    evaluation transform under ``protocol``."""
+    how = () if builtin_kind(spec) else eval_spec(ckpt, protocol, data)
     key = (spec, res, frames, samples) + how
     if key not in cache:
         cache[key] = materialize(eval_dataset(spec, (frames, res, res) if frames else res, samples, how))
