@@ -219,12 +219,13 @@ def test_train_resume_and_frame_sweep_on_clips(tmp_path, tool, monkeypatch):
 
     sweep_dir = tmp_path / 'sweep'
     import vitpe.eval.summary as summary
-    panels = []  # the diagnostics plot's axis, spied on
-    monkeypatch.setattr(summary, 'plot_panels', lambda *a, **k: panels.append(k) or plot_panels(*a, **k))
+    panels = []  # the diagnostics plot's title and axis, spied on
+    monkeypatch.setattr(summary, 'plot_panels', lambda *a, **k: panels.append((a[2], k)) or plot_panels(*a, **k))
     assert tool('eval_resolution').main(['--checkpoint', str(out / 'best.pth'), '--resolutions', '32', '--frames',
                                          '2', '4', '8', '--strategy', 'none', 'riflex', '--samples', '8',
                                          '--diagnostics', '--output', str(sweep_dir)]) == 0
-    assert panels == [dict(xlabel='test frames', train_name='training frames')]
+    assert panels == [('Attention diagnostics against test frames',
+                       dict(xlabel='test frames', train_name='training frames'))]
     assert os.path.getsize(sweep_dir / 'diagnostics.png') > 0
     table = (sweep_dir / 'results.md').read_text()
     assert '| 2 frames | 4 frames | 8 frames |' in table

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Collection, Dict, List, Optional, Sequence
 
 from .diagnostics import DIAGNOSTICS, DIAGNOSTICS_HEADER
-from .sweep import Record, plot_lines, plot_panels, sweep_axis, write_csv
+from .sweep import Record, axis_names, plot_lines, plot_panels, sweep_axis, write_csv
 
 
 @dataclass
@@ -97,11 +97,8 @@ def plot_summary(rows: Sequence[SummaryRow], path: str, title: str = 'Accuracy a
     lines = {key: (tr, {res: (r.mean, None if r.std is None else r.mean - r.std,
                               None if r.std is None else r.mean + r.std) for res, r in by_res.items()})
              for key, (tr, by_res) in _lines(rows).items()}
-    if rows and rows[0].axis == 'frames':
-        plot_lines(lines, path, 'Accuracy against test frames (mean ± std over seeds)', xlabel='test frames',
-                   train_name='training frames')
-    else:
-        plot_lines(lines, path, title + ' (mean ± std over seeds)')
+    title, names = axis_names(rows[0].axis if rows else 'res', title + ' (mean ± std over seeds)')
+    plot_lines(lines, path, title, **names)
 
 
 def plot_diagnostics(rows: Sequence[SummaryRow], path: str) -> None:
@@ -112,11 +109,8 @@ def plot_diagnostics(rows: Sequence[SummaryRow], path: str) -> None:
     panels = {ylabel: {key: (tr, {res: (getattr(r, name), None, None) for res, r in by_res.items()})
                        for key, (tr, by_res) in _lines(rows).items()}
               for ylabel, name in quantities.items()}
-    if rows and rows[0].axis == 'frames':
-        plot_panels(panels, path, 'Attention diagnostics against test frames', xlabel='test frames',
-                    train_name='training frames')
-    else:
-        plot_panels(panels, path, 'Attention diagnostics against test resolution')
+    title, names = axis_names(rows[0].axis if rows else 'res', 'Attention diagnostics against test resolution')
+    plot_panels(panels, path, title, **names)
 
 
 SUMMARY_HEADER = """a run is one (label, task, seed); label = the model entry's scheme suffix (irpe and irpe_ape differ), with -<task> for control runs

@@ -238,16 +238,26 @@ def write_csv(records: Sequence, path: str, header: Optional[str] = None) -> Non
         w.writerows(rows)
 
 
+# what a plot's x axis is named along each ``sweep_axis``: (x label, training marker, its title's ending)
+AXIS_NAMES = {'res': ('test resolution (pixels)', 'training resolution', 'test resolution'),
+              'frames': ('test frames', 'training frames', 'test frames')}
+
+
+def axis_names(axis: str, title: str) -> tuple:
+    """(title, plot keywords) of a plot along ``axis``: ``title`` (written for resolution) ends in 'test frames'
+    for a frame sweep."""
+    xlabel, train_name, along = AXIS_NAMES[axis]
+    return title.replace('test resolution', along), dict(xlabel=xlabel, train_name=train_name)
+
+
 def plot(records: Sequence[Record], path: str, title: str = 'Accuracy against test resolution') -> None:
-    """Accuracy against resolution: one colour per checkpoint, one line style per strategy; the
+    """Accuracy against resolution (frames): one colour per checkpoint, one line style per strategy; the
     training resolution of each line is a large marker and a dotted vertical line."""
     axis = sweep_axis(records)
     lines = {key: (_train_x(next(iter(by_x.values())), axis), {x: (r.acc, None, None) for x, r in by_x.items()})
              for key, by_x in _series(records).items()}
-    if axis == 'frames':
-        plot_lines(lines, path, 'Accuracy against test frames', xlabel='test frames', train_name='training frames')
-    else:
-        plot_lines(lines, path, title)
+    title, names = axis_names(axis, title)
+    plot_lines(lines, path, title, **names)
 
 
 def plot_lines(lines: Dict[tuple, tuple], path: str, title: str = 'Accuracy against test resolution',
