@@ -103,24 +103,39 @@ sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 import bench_irpe  # noqa: E402
 
 
+@pytest.mark.parametrize('grid_shape', [(5, 5), (2, 3, 3)])
 @pytest.mark.parametrize('method,shared_head', [('product', True), ('cross', False), ('euclidean', True)])
 @pytest.mark.parametrize('on', ['k', 'v'])
-def test_irpe_matches_the_gather_then_matmul_formulation(on, method, shared_head):
-    pe, ctx, q, k, v, attn = bench_irpe.setup(on, 5, batch=2, heads=3, head_dim=8, method=method,
+def test_irpe_paths_match_the_gather_then_matmul_formulation(on, method, shared_head, grid_shape):
+    pe, ctx, q, k, v, attn = bench_irpe.setup(on, grid_shape, batch=2, heads=3, head_dim=8, method=method,
                                               shared_head=shared_head)
-    fast, naive = bench_irpe.steps(on, pe, ctx, q, k, v, attn)
-    assert fast().shape == naive().shape == ((2, 3, 26, 26) if on == 'k' else (2, 3, 26, 8))
-    torch.testing.assert_close(fast(), naive(), atol=1e-5, rtol=1e-5)
+    paths = bench_irpe.steps(on, pe, ctx, q, k, v, attn)
+    n = ctx.grid.num_tokens
+    for name in ('per_bucket', 'per_pair'):
+        assert paths[name]().shape == ((2, 3, n, n) if on == 'k' else (2, 3, n, 8))
+        torch.testing.assert_close(paths[name](), paths['naive'](), atol=1e-5, rtol=1e-5)
+    assert 'pair_gather' not in vars(pe)  # the forced path is undone
+
+
+def test_irpe_takes_the_per_pair_path_where_the_grid_has_a_quarter_as_many_tokens_as_buckets():
+    for grid_shape, method, pairs in [((4, 2, 2), 'product', True), ((4, 4, 4), 'product', True),  # 343 buckets
+                                      ((2, 7, 7), 'product', False), ((8, 14, 14), 'product', False),
+                                      ((2, 3), 'product', True), ((4, 4), 'product', False),  # 49 buckets
+                                      ((4, 2, 2), 'cross', False)]:  # cross: 7 buckets per axis table
+        pe, ctx, *_ = bench_irpe.setup('k', grid_shape, batch=1, heads=2, head_dim=4, method=method)
+        assert pe._pairs(ctx.grid) is pairs, (grid_shape, method)
 
 
 def test_irpe_benchmark_smoke(tmp_path):
     out = tmp_path / 'irpe.json'
     assert bench_irpe.main(['--smoke', '--output', str(out)]) == 0
     records = json.loads(out.read_text())
-    assert {r['on'] for r in records} == {'k', 'v'}
+    assert {(r['grid'], r['on']) for r in records} == {(g, on) for g in ('4x4', '2x2x2') for on in 'kv'}
     for r in records:
-        assert r['vitpe_ms'] > 0 and r['naive_ms'] > 0
-        assert r['speedup'] == pytest.approx(r['naive_ms'] / r['vitpe_ms'])
+        assert r['per_bucket_ms'] > 0 and r['per_pair_ms'] > 0
+        other = 'per_pair' if r['taken'] == 'per_bucket' else 'per_bucket'
+        assert r['other_over_taken'] == pytest.approx(r[f'{other}_ms'] / r[f"{r['taken']}_ms"])
+    assert {r['grid']: r['taken'] for r in records} == {'4x4': 'per_bucket', '2x2x2': 'per_pair'}  # 17, 9 tokens
 
 
 @pytest.mark.parametrize('scheme', vitpe.list_pos_encodings())

@@ -110,6 +110,31 @@ def test_irpe_third_axis():
     assert eu[0, 23] == int(piecewise_index(torch.tensor(round(math.sqrt(4 + 1 + 9)) * 1.), 1.9, 3.8, 15.2)) + b
 
 
+@pytest.mark.parametrize('on', ['k', 'qv'])
+def test_irpe_video_model_is_the_same_on_either_path(monkeypatch, on):
+    """The study's clip (4 x 2 x 2 tubelets, 17 tokens < 343 buckets) takes the per-pair path: the same
+    logits and gradients as the per-bucket one, with every table trained away from zero."""
+    from vitpe.pe.irpe import IRPE
+    m = timm.create_model('vitpe_micro_patch16_irpe_video_8x64', num_classes=3, img_size=32,
+                          pos_enc_args=dict(on=on, shared_head=False))
+    assert m.pos_enc._pairs(Grid((4, 2, 2), 1))
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith('_table'):
+                p.normal_(0, 0.3)
+    x, results = torch.randn(2, 3, 8, 32, 32), []
+    for pairs in (True, False):
+        monkeypatch.setattr(IRPE, 'pair_gather', pairs)
+        m.zero_grad()
+        y = m(x)
+        y.square().sum().backward()
+        results.append((y, [p.grad.clone() for p in m.parameters()]))
+    (y1, g1), (y2, g2) = results
+    torch.testing.assert_close(y1, y2, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize('scheme', ['cpe', 'lepe'])
 def test_conv_schemes_use_depthwise_conv3d(scheme):
     pe = make(scheme)

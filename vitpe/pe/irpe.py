@@ -11,6 +11,11 @@ Per block and per target:
 
 Contextual encodings are computed once per bucket (q against the table, (N, buckets)) and then gathered to
 (N, N); value encodings aggregate the attention per bucket first (scatter-add), then multiply by the table.
+That costs N x buckets per query; where a grid has at most a quarter as many tokens as buckets (3D 'product'
+has 343 buckets, a video grid of 4 x 2 x 2 tubelets 17 tokens) the table is gathered per (query, key) pair
+instead (N x N per query, the straightforward form): the same numbers (tested), the faster path there
+(``benchmarks/bench_irpe.py``: per pair has fewer operations from N < buckets on, but each costs more, so
+the margin of 4).
 Prefix tokens share one extra bucket, as the reference's ``skip`` tokens. 3D (T, H, W): the offset has a third
 axis: 'product' buckets (2 beta + 1)^3 (t digit first), 'cross' a third table (for t), 'euclidean' / 'quant'
 the 3D distance. At T = 1 the t offset is 0, so a 2D checkpoint inflated by ``inflate_state_dict`` gives the 2D
@@ -129,6 +134,9 @@ class IRPE(PositionalEncoding):
     # grids up to this many tokens keep their patch bucket ids cached; larger ones look up the ids of each
     # row chunk on the fly, so memory stays O(chunk x N)
     cache_tokens: int = 1024
+    # contextual encodings: None chooses by cost (a table gathered per pair where the grid has at most a quarter
+    # as many tokens as buckets, else per bucket as the reference); True / False force one path (tests, benchmark)
+    pair_gather: Optional[bool] = None
 
     def __init__(self, *, mode: str = 'contextual', method: str = 'product', on: str = 'k',
                  shared_head: bool = True, ratio: float = 1.9, ape: bool = False, antialias: bool = True,
@@ -222,16 +230,28 @@ class IRPE(PositionalEncoding):
         return build()
 
     # ----------------------------------------------------------------- hooks
-    def _encode(self, x, table, ids, scale):
+    def _pairs(self, grid) -> bool:
+        """Whether contextual encodings gather the table per (query, key) pair (cost N x N x d per head) rather
+        than per bucket (N x buckets x d): where 4 N <= buckets (module docstring). Compiled or exported models take the per-bucket path, which is right
+        at any size, so no test on a traced token count enters the graph."""
+        if self.pair_gather is not None:
+            return self.pair_gather
+        return not torch.compiler.is_compiling() and 4 * grid.num_tokens <= self.num_buckets
+
+    def _encode(self, x, table, ids, scale, pairs: bool):
         """Sum over axis tables of the encoding of every (row i of x, column j) pair, (B|1, H, rows, cols).
 
-        Contextual: x against every bucket once, (B, H, rows, buckets), then a gather by bucket id
-        (the reference's efficient path; no (rows, cols, d) tensor is formed)."""
+        Contextual, per bucket: x against every bucket once, (B, H, rows, buckets), then a gather by bucket id
+        (the reference's efficient path; no (rows, cols, d) tensor is formed). Per pair: the table gathered to
+        (H|1, rows, d, cols), then one (B, d) x (d, cols) product per head and row."""
         out = None
         for a in range(ids.shape[0]):
             idx = ids[a]
             if self.mode == 'bias':
                 enc = table[a][:, idx].unsqueeze(0)  # (1, H|1, rows, cols)
+            elif pairs:
+                per_pair = table[a][:, :, idx].transpose(1, 2).to(x.dtype)  # (H|1, rows, d, cols)
+                enc = ((x * scale).permute(1, 2, 0, 3) @ per_pair).permute(2, 0, 1, 3)  # (H, rows, B, cols)
             else:
                 per_bucket = (x * scale) @ table[a].to(x.dtype)  # (B, H, rows, buckets)
                 enc = per_bucket.gather(-1, idx.expand(per_bucket.shape[:2] + idx.shape))
@@ -240,12 +260,12 @@ class IRPE(PositionalEncoding):
 
     def bias(self, q, k, ctx, layer, rows=slice(None)):
         scale = self.head_dim ** -0.5 if self.contextual_scale == 'sqrt_d' else 1.0
-        out = None
+        out, pairs = None, self._pairs(ctx.grid)
         if 'k' in self.on:  # logits_ij += q_i . T[bucket_ij]
-            out = self._encode(q, self.k_table[layer], self.bucket_ids(ctx.grid, rows, ctx.device), scale)
+            out = self._encode(q, self.k_table[layer], self.bucket_ids(ctx.grid, rows, ctx.device), scale, pairs)
         if 'q' in self.on:  # logits_ij += k_j . T[bucket_ji]; the product / cross buckets are not symmetric
             ids_t = self.bucket_ids(ctx.grid, rows, ctx.device, keys_first=True)
-            enc = self._encode(k, self.q_table[layer], ids_t, scale).transpose(-1, -2)
+            enc = self._encode(k, self.q_table[layer], ids_t, scale, pairs).transpose(-1, -2)
             out = enc if out is None else out + enc
         return out.to(q.dtype)
 
@@ -253,8 +273,13 @@ class IRPE(PositionalEncoding):
         ids = self.bucket_ids(ctx.grid, rows, ctx.device)
         table = self.v_table[layer]  # (axes, H|1, buckets, d)
         buckets = self._parameters['v_table'].shape[-2]  # an int, also under FX tracing
+        pairs = self._pairs(ctx.grid)
         for a in range(ids.shape[0]):
-            per_bucket = attn.new_zeros(attn.shape[:-1] + (buckets,))
-            per_bucket = per_bucket.scatter_add_(-1, ids[a].expand_as(attn), attn)  # attention summed per bucket
-            out = out + per_bucket @ table[a].to(attn.dtype)
+            if pairs:  # out_i += sum_j a_ij T_v[bucket_ij]: (H, rows, B, cols) x (H|1, rows, cols, d)
+                per_pair = table[a][:, ids[a]].to(attn.dtype)
+                out = out + (attn.permute(1, 2, 0, 3) @ per_pair).permute(2, 0, 1, 3)
+            else:
+                per_bucket = attn.new_zeros(attn.shape[:-1] + (buckets,))
+                per_bucket = per_bucket.scatter_add_(-1, ids[a].expand_as(attn), attn)  # attention per bucket
+                out = out + per_bucket @ table[a].to(attn.dtype)
         return out
