@@ -232,8 +232,8 @@ class IRPE(PositionalEncoding):
     # ----------------------------------------------------------------- hooks
     def _pairs(self, grid) -> bool:
         """Whether contextual encodings gather the table per (query, key) pair (cost N x N x d per head) rather
-        than per bucket (N x buckets x d): where 4 N <= buckets (module docstring). Compiled or exported models take the per-bucket path, which is right
-        at any size, so no test on a traced token count enters the graph."""
+        than per bucket (N x buckets x d): where 4 N <= buckets (module docstring). Compiled or exported models
+        take the per-bucket path, which is right at any size, so no test on a traced token count enters the graph."""
         if self.pair_gather is not None:
             return self.pair_gather
         return not torch.compiler.is_compiling() and 4 * grid.num_tokens <= self.num_buckets
