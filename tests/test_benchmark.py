@@ -124,6 +124,9 @@ def test_irpe_takes_the_per_pair_path_where_the_grid_has_a_quarter_as_many_token
                                       ((4, 2, 2), 'cross', False)]:  # cross: 7 buckets per axis table
         pe, ctx, *_ = bench_irpe.setup('k', grid_shape, batch=1, heads=2, head_dim=4, method=method)
         assert pe._pairs(ctx.grid) is pairs, (grid_shape, method)
+    pe, ctx, *_ = bench_irpe.setup('k', (4, 2, 2), batch=1, heads=2, head_dim=4)
+    pe.cache_tokens = 16  # the per-pair gather is kept to grids of cache_tokens or fewer
+    assert not pe._pairs(ctx.grid)
 
 
 def test_irpe_benchmark_smoke(tmp_path):

@@ -236,7 +236,8 @@ class IRPE(PositionalEncoding):
         take the per-bucket path, which is right at any size, so no test on a traced token count enters the graph."""
         if self.pair_gather is not None:
             return self.pair_gather
-        return not torch.compiler.is_compiling() and 4 * grid.num_tokens <= self.num_buckets
+        tokens = grid.num_tokens  # at most cache_tokens: the (rows, N, d) gather stays small with large ratios
+        return not torch.compiler.is_compiling() and 4 * tokens <= self.num_buckets and tokens <= self.cache_tokens
 
     def _encode(self, x, table, ids, scale, pairs: bool):
         """Sum over axis tables of the encoding of every (row i of x, column j) pair, (B|1, H, rows, cols).
