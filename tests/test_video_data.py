@@ -260,6 +260,8 @@ def test_tiny_video_study(tmp_path, tool, capsys):
     config = tmp_path / 'study.yaml'
     config.write_text(TINY_VIDEO_STUDY)
     assert tool('study').main(['--config', str(config), '--output', str(tmp_path / 'out')]) == 0
+    printed = capsys.readouterr().out
+    assert 'Resolution study: 2 schemes on clips:order, trained at 32 px, 4 frames, 0 control runs' in printed
     table = (tmp_path / 'out' / 'results.md').read_text()
     assert '| 2 frames | 4 frames | 8 frames |' in table
     rows = {line.split('|')[1].strip().replace(' (not learned)', '') + '/' + line.split('|')[3].strip()

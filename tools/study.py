@@ -238,7 +238,8 @@ def main(argv=None) -> int:
     n_main = len({r.name for r in runs if r.task == study['task']})
     n_controls = len({r.name for r in runs}) - n_main
     train_min = sum(r.train_time_s for r in learning) / 60
-    print(f"\nResolution study: {n_main} schemes on {study['task']}, trained at {runs[0].config.img_size} px, "
+    trained = f"{runs[0].config.img_size} px" + (f", {runs[0].config.num_frames} frames" if study.get('frames') else '')
+    print(f"\nResolution study: {n_main} schemes on {study['task']}, trained at {trained}, "
           f"{n_controls} control runs, {n_seeds} seeds each; this invocation {(time.time() - started) / 60:.1f} min; "
           f"the runs' training time summed over every invocation {train_min:.1f} min ({jobs} at once now)\n")
     print(learning_markdown(learning))
