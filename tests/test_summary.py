@@ -70,3 +70,24 @@ def test_plots_tell_more_than_twenty_checkpoints_apart():
     looks = [line_look(i) for i in range(45)]
     assert len(set(looks)) == 45  # the full study plots 21 checkpoints: tab20's colours alone repeat
     assert looks[0][0] == looks[20][0] and looks[0][1] != looks[20][1]
+
+
+def test_plot_legend_of_many_lines_fits_in_the_image(tmp_path, monkeypatch):
+    """A study's 40+ lines (checkpoints x strategies) once ran the legend off the image: it must fit whole."""
+    import matplotlib.figure
+    import matplotlib.image
+    from vitpe.eval.sweep import plot_lines
+    saved = []
+    save = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, 'savefig',
+                        lambda fig, *a, **k: saved.append((fig, k.get('dpi'))) or save(fig, *a, **k))
+    lines = {(f'checkpoint_{i}', 'none'): (64, {32: (0.5, None, None), 64: (0.9, None, None)}) for i in range(60)}
+    plot_lines(lines, str(tmp_path / 'many.png'))
+    fig, dpi = saved[0]
+    legend = fig.axes[0].get_legend()
+    assert len(legend.get_texts()) == 60
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    extent = legend.get_window_extent(FigureCanvasAgg(fig).get_renderer())  # the figure is closed: a new canvas
+    height, width = matplotlib.image.imread(tmp_path / 'many.png').shape[:2]
+    scale = dpi / fig.dpi  # the extent at the figure's own dpi, the image at the saving dpi
+    assert extent.height * scale <= height and extent.width * scale <= width

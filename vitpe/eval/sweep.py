@@ -275,6 +275,9 @@ def line_look(index: int) -> tuple:
     return matplotlib.colormaps['tab20'](index % 20), 'osD^v'[index // 20 % 5]
 
 
+LEGEND_ROWS = 28
+
+
 def plot_panels(panels: Dict[str, Dict[tuple, tuple]], path: str, title: str,
                 xlabel: str = 'test resolution (pixels)', train_name: str = 'training resolution') -> None:
     """One panel per y quantity (``panels``: y label -> ``lines`` as in ``plot_lines``) against the test
@@ -313,9 +316,11 @@ def plot_panels(panels: Dict[str, Dict[tuple, tuple]], path: str, title: str,
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     handles, names = axes[0][0].get_legend_handles_labels()
-    axes[0][-1].legend(handles, names, fontsize=7, loc='center left', bbox_to_anchor=(1.01, 0.5))
+    # LEGEND_ROWS entries a column, the figure saved out to the legend's edge (a study's 40+ lines were cut off)
+    axes[0][-1].legend(handles, names, fontsize=7, loc='center left', bbox_to_anchor=(1.01, 0.5),
+                       ncol=-(-len(handles) // LEGEND_ROWS))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches='tight')
     plt.close(fig)
 
 
