@@ -1,6 +1,7 @@
 """The study's aggregation over seeds (vitpe.eval.summary) on hand-made records, the table's mark of runs that did
 not learn, and the sweeps a study stores beside each checkpoint (vitpe.eval.stored)."""
 import json
+import os
 import statistics
 
 import pytest
@@ -91,3 +92,5 @@ def test_plot_legend_of_many_lines_fits_in_the_image(tmp_path, monkeypatch):
     height, width = matplotlib.image.imread(tmp_path / 'many.png').shape[:2]
     scale = dpi / fig.dpi  # the extent at the figure's own dpi, the image at the saving dpi
     assert extent.height * scale <= height and extent.width * scale <= width
+    plot_lines({}, str(tmp_path / 'empty.png'))  # nothing to plot (every run failed): an empty plot, not an error
+    assert os.path.getsize(tmp_path / 'empty.png') > 0

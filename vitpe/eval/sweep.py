@@ -318,7 +318,7 @@ def plot_panels(panels: Dict[str, Dict[tuple, tuple]], path: str, title: str,
     handles, names = axes[0][0].get_legend_handles_labels()
     # LEGEND_ROWS entries a column, the figure saved out to the legend's edge (a study's 40+ lines were cut off)
     axes[0][-1].legend(handles, names, fontsize=7, loc='center left', bbox_to_anchor=(1.01, 0.5),
-                       ncol=-(-len(handles) // LEGEND_ROWS))
+                       ncol=max(1, -(-len(handles) // LEGEND_ROWS)))
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches='tight')
     plt.close(fig)
